@@ -1,0 +1,66 @@
+"""Self-describing checkpoints: the resolved run config travels inside, so evaluation needs nothing else."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning import Callback, LightningModule, Trainer
+
+from fer_lightning.errors import FERUserError
+
+RUN_CONFIG_KEY = "fer_run_config"
+
+
+class StoreRunConfig(Callback):
+    """Write the resolved run config (plain dicts and lists only) into every checkpoint."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        self.run_config = run_config
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RUN_CONFIG_KEY] = self.run_config
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a fer-lightning checkpoint with torch's safe `weights_only` loader; bad files fail in one line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FERUserError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FERUserError(f"{path}: not a readable checkpoint ({reason})") from err
+    if not isinstance(checkpoint, dict) or RUN_CONFIG_KEY not in checkpoint:
+        raise FERUserError(f"{path}: not a fer-lightning checkpoint (it has no stored run config)")
+    return checkpoint
+
+
+def run_config(checkpoint: dict[str, Any]) -> DictConfig:
+    """The training run's resolved config stored in a checkpoint."""
+    return OmegaConf.create(checkpoint[RUN_CONFIG_KEY])
+
+
+def system_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> LightningModule:
+    """Rebuild the system (net from the stored config, weights from the state dict) in eval mode."""
+    model_cfg = run_config(checkpoint).model
+    net = hydra.utils.instantiate(model_cfg.net)
+    system_class = hydra.utils.get_class(model_cfg._target_)
+    system = system_class(net=net, **checkpoint.get("hyper_parameters", {}))
+    try:
+        system.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise FERUserError(
+            f"{path}: its weights do not fit the network {model_cfg.net._target_} "
+            f"({str(err).splitlines()[0]})"
+        ) from err
+    return system.eval()

@@ -1,0 +1,44 @@
+"""The evaluation task behind evaluate.py: a checkpoint alone, one split, an honest per-class report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from fer_lightning.builders import build_trainer
+from fer_lightning.checkpoint import read_checkpoint, run_config, system_from_checkpoint
+from fer_lightning.errors import FERUserError
+from fer_lightning.report import format_report, write_report
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate `cfg.ckpt_path` on `cfg.split`, print the report and write it into the run dir."""
+    if cfg.split not in SPLITS:
+        raise FERUserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    data_cfg = run_config(checkpoint).data
+    overrides = {key: value for key, value in cfg.data.items() if value is not None}
+    data_cfg = OmegaConf.merge(data_cfg, overrides)
+
+    datamodule = hydra.utils.instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    system = system_from_checkpoint(checkpoint, cfg.ckpt_path)
+    trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
+    trainer.test(system, dataloaders=datamodule.dataloader(cfg.split), verbose=False)
+
+    extra = {"split": cfg.split, "ckpt_path": str(Path(cfg.ckpt_path).expanduser())}
+    report = write_report(
+        system.test_confusion.cpu().numpy(), datamodule.class_names, Path(cfg.paths.output_dir), extra
+    )
+    print(f"{cfg.ckpt_path} on split '{cfg.split}':")
+    print(format_report(report, datamodule.class_names))
+    log.info("Report written to %s", cfg.paths.output_dir)
+    return report

@@ -1,0 +1,105 @@
+"""The training task behind train.py: fit with selection on val (PublicTest), then test once (PrivateTest)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from fer_lightning.builders import build_trainer, instantiate_group
+from fer_lightning.callbacks import log_hparams_with_metrics
+from fer_lightning.checkpoint import StoreRunConfig
+from fer_lightning.errors import FERUserError
+from fer_lightning.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the configured system and return its metrics (val during fit, test after)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    system = hydra.utils.instantiate(
+        cfg.model,
+        class_weights=datamodule.class_weights(),
+        class_names=list(datamodule.class_names),
+    )
+    run_config = resolved_run_config(cfg)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        log.info("Training %s on %s", cfg.model.net._target_, cfg.data._target_)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(_floats(trainer.callback_metrics))
+
+    if cfg.get("test"):
+        best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best_path:
+            log.warning("No best checkpoint was saved; testing the current weights")
+        trainer.test(system, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
+        metrics.update(_floats(trainer.callback_metrics))
+        if trainer.is_global_zero:
+            _write_test_report(cfg, trainer, system, datamodule, best_path, metrics, loggers)
+    return metrics
+
+
+def _write_test_report(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    system: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    best_path: str,
+    metrics: dict[str, float],
+    loggers: list[Any],
+) -> None:
+    """metrics.json, the text report and the confusion matrix of the test split, into the run dir."""
+    extra = {
+        "split": "test",
+        "best_checkpoint": best_path,
+        "epochs_trained": trainer.current_epoch,
+        "seed": cfg.get("seed"),
+        "val": {key.removeprefix("val/"): value for key, value in metrics.items() if key.startswith("val/")},
+    }
+    report = write_report(
+        system.test_confusion.cpu().numpy(), datamodule.class_names, Path(cfg.paths.output_dir), extra
+    )
+    log.info("Test accuracy %.4f, macro-F1 %.4f", report["accuracy"], report["f1_macro"])
+    final = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["f1_macro"]}
+    final.update({f"hp/{key}": metrics[key] for key in ("val/acc_best", "val/f1_macro_best") if key in metrics})
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_hparams_with_metrics(logger, resolved_run_config(cfg), final)
+
+
+def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain containers, without Hydra's own node (stored in checkpoints, logged)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in cfg if key != "hydra"}
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar tensors of Lightning's callback_metrics as plain floats."""
+    return {key: float(value) for key, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The metric a sweep optimises; a missing name is a config mistake worth saying clearly."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise FERUserError(
+            f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}"
+        )
+    return metrics[name]
