@@ -1,0 +1,143 @@
+"""TensorBoard extras: confusion-matrix and sample-prediction figures, hparams with metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
+
+from fer_lightning.report import plot_confusion_matrix
+
+GRID_COLUMNS = 8
+HPARAM_SCALARS = (bool, int, float, str)
+
+
+def _tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
+    """The SummaryWriter of the first TensorBoard logger, or None when there is none."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def _display_image(image: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """CHW tensor -> (HW or HWC array scaled to [0, 1], colormap) for ``imshow``."""
+    image = image.detach().float().cpu()
+    low, high = image.min(), image.max()
+    image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
+    if image.shape[0] == 1:
+        return image[0], "gray"
+    return image.permute(1, 2, 0), None
+
+
+def plot_sample_predictions(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    probabilities: torch.Tensor,
+    class_names: list[str],
+) -> Figure:
+    """Grid of images titled "pred (p) / true", green when correct and red when wrong."""
+    num_images = images.shape[0]
+    columns = min(GRID_COLUMNS, num_images)
+    rows = math.ceil(num_images / columns)
+    figure = Figure(figsize=(1.9 * columns, 2.1 * rows), layout="constrained")
+    confidences, predictions = probabilities.max(dim=1)
+    for index in range(num_images):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        pixels, cmap = _display_image(images[index])
+        axes.imshow(pixels.numpy(), cmap=cmap, vmin=0.0, vmax=1.0)
+        predicted, true = int(predictions[index]), int(targets[index])
+        axes.set_title(
+            f"{class_names[predicted]} ({confidences[index]:.2f})\n/ {class_names[true]}",
+            fontsize=8,
+            color="green" if predicted == true else "red",
+        )
+        axes.axis("off")
+    return figure
+
+
+class TensorBoardExtras(Callback):
+    """After each validation run (not the sanity check), logs to TensorBoard the confusion-matrix
+    figure and predictions on a fixed batch of validation images; does nothing without a
+    TensorBoardLogger.
+
+    Runs in ``on_validation_end`` because Lightning calls callbacks' ``on_validation_epoch_end``
+    before the module's, i.e. before ``FERSystem.val_confusion`` holds the current epoch.
+    """
+
+    def __init__(
+        self, num_samples: int = 32, log_confusion: bool = True, log_samples: bool = True
+    ) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.num_samples = num_samples
+        self.log_confusion = log_confusion
+        self.log_samples = log_samples
+        self._sample_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = _tensorboard_writer(trainer)
+        if trainer.sanity_checking or writer is None or not trainer.is_global_zero:
+            return
+        class_names = list(pl_module.hparams.class_names)
+        if self.log_confusion and pl_module.val_confusion is not None:
+            figure = plot_confusion_matrix(pl_module.val_confusion.numpy(), class_names)
+            writer.add_figure("val/confusion_matrix", figure, trainer.global_step, close=True)
+        if self.log_samples:
+            images, targets = self._fixed_val_batch(trainer)
+            with torch.no_grad():
+                logits = pl_module(images.to(pl_module.device))
+            probabilities = torch.softmax(logits, dim=1).cpu()
+            figure = plot_sample_predictions(images, targets, probabilities, class_names)
+            writer.add_figure("val/sample_predictions", figure, trainer.global_step, close=True)
+
+    def _fixed_val_batch(self, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``num_samples`` validation images and labels, collected once and reused."""
+        if self._sample_batch is None:
+            loaders = trainer.val_dataloaders
+            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
+            images, targets, count = [], [], 0
+            for batch_images, batch_targets in loader:
+                images.append(batch_images)
+                targets.append(batch_targets)
+                count += batch_targets.shape[0]
+                if count >= self.num_samples:
+                    break
+            self._sample_batch = (
+                torch.cat(images)[: self.num_samples].cpu(),
+                torch.cat(targets)[: self.num_samples].cpu(),
+            )
+        return self._sample_batch
+
+
+def _flatten_params(params: Mapping[str, Any], parent: str = "") -> dict[str, Any]:
+    """Nested mappings -> "a/b" keys; values TensorBoard cannot show as hparams become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{parent}/{key}" if parent else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten_params(value, name))
+        else:
+            flat[name] = value if isinstance(value, HPARAM_SCALARS) else str(value)
+    return flat
+
+
+def log_hparams_with_metrics(
+    logger: Logger | None, params: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> None:
+    """Log flattened ``params`` with final ``metrics`` to TensorBoard's HPARAMS tab.
+
+    Does nothing for other loggers (or None), so callers need not check the logger type.
+    """
+    if not isinstance(logger, TensorBoardLogger):
+        return
+    final_metrics = {name: float(value) for name, value in metrics.items()}
+    logger.log_hyperparams(_flatten_params(params), final_metrics)

@@ -1,0 +1,192 @@
+"""Per-class classification report, confusion-matrix plot and report files from a confusion matrix.
+
+torchmetrics has no classification report; computing it from the (DDP-synced) confusion matrix
+keeps every number consistent with the matrix that is shown and saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+SCORES = ("precision", "recall", "f1")
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise division that yields 0 where the denominator is 0 (sklearn zero_division=0)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    result = np.zeros_like(numerator)
+    np.divide(numerator, denominator, out=result, where=denominator != 0)
+    return result
+
+
+def _check_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """Return the matrix as int64 after checking it is K x K, non-negative and integral."""
+    matrix = np.asarray(confusion)
+    num_classes = len(class_names)
+    if matrix.shape != (num_classes, num_classes):
+        raise ValueError(
+            f"confusion matrix has shape {matrix.shape}, expected ({num_classes}, {num_classes})"
+        )
+    if (matrix < 0).any() or not np.array_equal(matrix, np.round(matrix)):
+        raise ValueError("confusion matrix must hold non-negative integer counts")
+    return matrix.astype(np.int64)
+
+
+def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class and macro/weighted precision, recall, F1 and support.
+
+    Rows of ``confusion`` are true classes, columns predictions. Undefined ratios are 0, and
+    macro averages include every class (also those without support), like sklearn with ``labels``.
+    """
+    matrix = _check_confusion(confusion, class_names)
+    true_positives = np.diag(matrix)
+    support = matrix.sum(axis=1)
+    precision = _safe_divide(true_positives, matrix.sum(axis=0))
+    recall = _safe_divide(true_positives, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    total = int(support.sum())
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+
+    report: dict[str, Any] = {
+        "accuracy": float(_safe_divide(true_positives.sum(), total)),
+        "support": total,
+    }
+    for score, values in scores.items():
+        report[f"{score}_macro"] = float(values.mean())
+        report[f"{score}_weighted"] = float(_safe_divide((values * support).sum(), total))
+    report["per_class"] = {
+        name: {
+            **{score: float(values[index]) for score, values in scores.items()},
+            "support": int(support[index]),
+        }
+        for index, name in enumerate(class_names)
+    }
+    return report
+
+
+def format_report(report: dict[str, Any], class_names: Sequence[str], digits: int = 4) -> str:
+    """Plain-text table in sklearn's ``classification_report`` layout."""
+    width = max(len(name) for name in [*class_names, "weighted avg"])
+
+    def line(label: str, cells: Sequence[object]) -> str:
+        return f"{label:>{width}s} " + "".join(f" {cell!s:>9}" for cell in cells)
+
+    def scores_line(label: str, scores: Sequence[float], support: int) -> str:
+        return line(label, [*(f"{score:.{digits}f}" for score in scores), support])
+
+    lines = [line("", ["precision", "recall", "f1-score", "support"]), ""]
+    for name in class_names:
+        per_class = report["per_class"][name]
+        lines.append(
+            scores_line(name, [per_class[score] for score in SCORES], per_class["support"])
+        )
+    lines.append("")
+    lines.append(line("accuracy", ["", "", f"{report['accuracy']:.{digits}f}", report["support"]]))
+    for average in ("macro", "weighted"):
+        averages = [report[f"{score}_{average}"] for score in SCORES]
+        lines.append(scores_line(f"{average} avg", averages, report["support"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrix; each cell shows the rate and the count, e.g. "0.62\\n(123)".
+
+    Uses a standalone ``Figure`` (no pyplot state), so nothing leaks between multirun jobs.
+    """
+    matrix = _check_confusion(confusion, class_names)
+    rates = _safe_divide(matrix, matrix.sum(axis=1, keepdims=True))
+    num_classes = len(class_names)
+    size = 1.0 + 0.9 * num_classes
+    figure = Figure(figsize=(size + 1.5, size), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="fraction of true class")
+    for true_index in range(num_classes):
+        for pred_index in range(num_classes):
+            rate = rates[true_index, pred_index]
+            axes.text(
+                pred_index,
+                true_index,
+                f"{rate:.2f}\n({matrix[true_index, pred_index]})",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rate > 0.5 else "black",
+            )
+    ticks = np.arange(num_classes)
+    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, labels=class_names)
+    axes.set_xlabel("Predicted")
+    axes.set_ylabel("True")
+    axes.set_title(f"Confusion matrix (row-normalised, n={int(matrix.sum())})")
+    return figure
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: no reader sees half a file."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp_file:
+            tmp_file.write(data)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _confusion_csv(matrix: np.ndarray, class_names: Sequence[str]) -> str:
+    """Counts with class names as header row and first column (rows = true, columns = predicted)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *class_names])
+    for name, counts in zip(class_names, matrix, strict=True):
+        writer.writerow([name, *(int(count) for count in counts)])
+    return buffer.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy/torch scalars and arrays found in ``extra``."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_report(
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    extra: dict[str, Any] | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Write ``{prefix}metrics.json``, ``classification_report.txt``, ``confusion_matrix.png`` and
+    ``.csv`` (all with the same file-name ``prefix``) to ``out_dir``; returns the metrics dict.
+
+    ``extra`` (e.g. loss, checkpoint path) is merged into the report dict; its keys win.
+    """
+    matrix = _check_confusion(confusion, class_names)
+    out_path = Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+    report = classification_report(matrix, class_names)
+    metrics = {**report, **(extra or {})}
+
+    json_text = json.dumps(metrics, indent=2, default=_json_default) + "\n"
+    _write_atomically(out_path / f"{prefix}metrics.json", json_text.encode())
+    report_text = format_report(report, class_names)
+    _write_atomically(out_path / f"{prefix}classification_report.txt", report_text.encode())
+    csv_text = _confusion_csv(matrix, class_names)
+    _write_atomically(out_path / f"{prefix}confusion_matrix.csv", csv_text.encode())
+    png = io.BytesIO()
+    plot_confusion_matrix(matrix, class_names).savefig(png, format="png", dpi=100)
+    _write_atomically(out_path / f"{prefix}confusion_matrix.png", png.getvalue())
+    return metrics

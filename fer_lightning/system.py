@@ -1,0 +1,247 @@
+"""The LightningModule that trains, evaluates and serves any FER classifier net."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from fer_lightning.classes import EMOTIONS, IMAGE_SIZE
+from fer_lightning.errors import FERUserError
+
+SCHEDULER_INTERVALS = ("epoch", "step")
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+
+
+def _summary_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy and macro-F1: cheap enough to track on every stage, including training."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+def _detailed_metrics(num_classes: int) -> MetricCollection:
+    """Summary metrics plus per-class precision/recall/F1 and the confusion matrix (val/test)."""
+    metrics = _summary_metrics(num_classes)
+    metrics.add_metrics(
+        {
+            "precision": MulticlassPrecision(num_classes, average=None),
+            "recall": MulticlassRecall(num_classes, average=None),
+            "f1": MulticlassF1Score(num_classes, average=None),
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+    return metrics
+
+
+def _needs_total_steps(scheduler_factory: Callable[..., LRScheduler]) -> bool:
+    """True when the scheduler takes ``total_steps`` (OneCycleLR) and the config left it unset."""
+    func = getattr(scheduler_factory, "func", scheduler_factory)
+    bound_kwargs = getattr(scheduler_factory, "keywords", {})
+    return (
+        "total_steps" in inspect.signature(func).parameters
+        and bound_kwargs.get("total_steps") is None
+    )
+
+
+class FERSystem(pl.LightningModule):
+    """Cross-entropy training of ``net`` with per-stage metrics; the net itself is pluggable.
+
+    Only primitive hyper-parameters are saved, so checkpoints load with torch's default
+    ``weights_only=True`` via ``FERSystem.load_from_checkpoint(path, net=<net>)``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+        class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
+        class_names: Sequence[str] = EMOTIONS,
+    ) -> None:
+        super().__init__()
+        # Plain lists/floats (not tuples or Hydra ListConfigs) keep checkpoints weights_only-safe.
+        class_names = [str(name) for name in class_names]
+        class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        label_smoothing = float(label_smoothing)
+        num_classes = len(class_names)
+        self._validate_args(net, num_classes, scheduler_interval, class_weights, label_smoothing)
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.example_input_array = torch.zeros(1, net.in_channels, IMAGE_SIZE, IMAGE_SIZE)
+        weights = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
+        self.register_buffer("loss_weights", weights, persistent=True)
+
+        self.train_metrics = _summary_metrics(num_classes).clone(prefix="train/")
+        detailed = _detailed_metrics(num_classes)
+        self.val_metrics = detailed.clone(prefix="val/")
+        self.test_metrics = detailed.clone(prefix="test/")
+        self.val_acc_best = MaxMetric()
+        self.val_f1_macro_best = MaxMetric()
+        # K x K int64, rows = true class; set after each val / test epoch for reports and plots.
+        self.val_confusion: torch.Tensor | None = None
+        self.test_confusion: torch.Tensor | None = None
+
+    @staticmethod
+    def _validate_args(
+        net: nn.Module,
+        num_classes: int,
+        scheduler_interval: str,
+        class_weights: list[float] | None,
+        label_smoothing: float,
+    ) -> None:
+        """Reject config mistakes up front, with one line naming the field and its value."""
+        net_classes = getattr(net, "num_classes", num_classes)
+        if net_classes != num_classes:
+            raise FERUserError(
+                f"model.net.num_classes={net_classes} does not match {num_classes} class_names"
+            )
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise FERUserError(
+                f"model.scheduler_interval={scheduler_interval!r} must be one of "
+                f"{SCHEDULER_INTERVALS}"
+            )
+        if class_weights is not None and (
+            len(class_weights) != num_classes or any(w < 0 for w in class_weights)
+        ):
+            raise FERUserError(
+                f"model.class_weights={class_weights} must be {num_classes} non-negative numbers"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise FERUserError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the net, shape (N, num_classes)."""
+        return self.net(x)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Class-weighted, optionally label-smoothed cross-entropy."""
+        return F.cross_entropy(
+            logits,
+            targets,
+            weight=self.loss_weights,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+
+    def _shared_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection
+    ) -> torch.Tensor:
+        """Forward, loss and metric update for one batch; logs the epoch-mean loss."""
+        images, targets = batch
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        metrics.update(logits, targets)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            prog_bar=stage != "test",
+            batch_size=targets.shape[0],
+        )
+        return loss
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Softmax probabilities; accepts ``images`` or ``(images, labels)`` batches."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return torch.softmax(self(images), dim=1)
+
+    def on_train_start(self) -> None:
+        # The sanity check ran validation already; its scores must not count as "best".
+        self.val_acc_best.reset()
+        self.val_f1_macro_best.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_detailed(self.val_metrics, "val")
+        self.val_confusion = values["val/confusion"]
+        self.val_acc_best.update(values["val/acc"])
+        self.val_f1_macro_best.update(values["val/f1_macro"])
+        self.log("val/acc_best", self.val_acc_best.compute())
+        self.log("val/f1_macro_best", self.val_f1_macro_best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion = self._log_detailed(self.test_metrics, "test")["test/confusion"]
+
+    def _log_detailed(self, metrics: MetricCollection, stage: str) -> dict[str, torch.Tensor]:
+        """Compute (DDP-synced), log summary and per-class scalars, reset; returns the values."""
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict(
+            {
+                f"{stage}/acc": values[f"{stage}/acc"],
+                f"{stage}/f1_macro": values[f"{stage}/f1_macro"],
+            },
+            prog_bar=stage == "val",
+        )
+        per_class = {
+            f"{stage}/{metric}/{name}": values[f"{stage}/{metric}"][index]
+            for metric in PER_CLASS_METRICS
+            for index, name in enumerate(self.hparams.class_names)
+        }
+        self.log_dict(per_class)
+        values[f"{stage}/confusion"] = values[f"{stage}/confusion"].detach().to("cpu", torch.int64)
+        return values
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Build the optimizer (and optional scheduler) from the Hydra partials."""
+        if self.optimizer_factory is None:
+            raise FERUserError(
+                "model.optimizer is not set: training needs an optimizer "
+                "(a system without one can only evaluate or predict)"
+            )
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        interval = self.hparams.scheduler_interval
+        scheduler_kwargs = {}
+        if interval == "step" and _needs_total_steps(self.scheduler_factory):
+            scheduler_kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **scheduler_kwargs)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": interval,
+                "monitor": self.hparams.scheduler_monitor,
+            },
+        }

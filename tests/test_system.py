@@ -1,0 +1,327 @@
+"""Behaviour of FERSystem (training, metrics, checkpoints, schedulers) and TensorBoard extras."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fer_lightning.callbacks import TensorBoardExtras, log_hparams_with_metrics
+from fer_lightning.classes import EMOTIONS, IMAGE_SIZE, NUM_CLASSES
+from fer_lightning.errors import FERUserError
+from fer_lightning.system import FERSystem
+
+# Tiny in-memory loaders cannot use worker processes usefully; Lightning's advice does not apply.
+pytestmark = pytest.mark.filterwarnings("ignore:The '\\w+_dataloader' does not have many workers")
+
+BATCH_SIZE = 4
+NUM_TRAIN, NUM_VAL = 16, 10
+MAX_EPOCHS = 2
+SGD = partial(torch.optim.SGD, lr=0.05)
+
+
+class TinyNet(nn.Module):
+    """A few-parameter classifier with the attributes FERSystem expects of every net."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, 4, kernel_size=3),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def _random_dataset(size: int, seed: int) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(size, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (size,), generator=generator)
+    return TensorDataset(images, labels)
+
+
+class TinyDataModule(pl.LightningDataModule):
+    """Random 48x48 images; validation doubles as test set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_set = _random_dataset(NUM_TRAIN, seed=0)
+        self.val_set = _random_dataset(NUM_VAL, seed=1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=BATCH_SIZE, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=BATCH_SIZE)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def _trainer(tmp_path: Path, **overrides) -> pl.Trainer:
+    settings = {
+        "accelerator": "cpu",
+        "max_epochs": MAX_EPOCHS,
+        "limit_train_batches": 2,
+        "log_every_n_steps": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
+    return pl.Trainer(**(settings | overrides))
+
+
+def _system(**kwargs) -> FERSystem:
+    torch.manual_seed(0)
+    return FERSystem(net=TinyNet(), optimizer=SGD, **kwargs)
+
+
+def _expected_metric_names(stage: str) -> set[str]:
+    names = {f"{stage}/loss", f"{stage}/acc", f"{stage}/f1_macro"}
+    if stage != "train":
+        names |= {
+            f"{stage}/{score}/{name}"
+            for score in ("precision", "recall", "f1")
+            for name in EMOTIONS
+        }
+    return names
+
+
+def test_fit_and_test_log_all_metrics_and_keep_confusion(tmp_path: Path) -> None:
+    system, data = _system(), TinyDataModule()
+    trainer = _trainer(tmp_path)
+    trainer.fit(system, datamodule=data)
+
+    logged = set(trainer.callback_metrics)
+    expected = _expected_metric_names("train") | _expected_metric_names("val")
+    assert expected | {"val/acc_best", "val/f1_macro_best"} <= logged
+    assert trainer.callback_metrics["val/acc_best"] >= trainer.callback_metrics["val/acc"]
+    assert system.val_confusion.shape == (NUM_CLASSES, NUM_CLASSES)
+    assert system.val_confusion.dtype == torch.int64
+    assert int(system.val_confusion.sum()) == NUM_VAL
+    assert system.test_confusion is None
+
+    results = trainer.test(system, datamodule=data, verbose=False)[0]
+    assert _expected_metric_names("test") <= set(results)
+    assert int(system.test_confusion.sum()) == NUM_VAL
+    assert results["test/acc"] == pytest.approx(float(system.test_confusion.diag().sum()) / NUM_VAL)
+
+
+def test_best_metrics_ignore_the_sanity_check(tmp_path: Path) -> None:
+    system = _system()
+    system.val_acc_best.update(torch.tensor(2.0))  # an impossible score, as if from a sanity check
+    _trainer(tmp_path, max_epochs=1).fit(system, datamodule=TinyDataModule())
+    assert float(system.val_acc_best.compute()) <= 1.0
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    weights = [1.0, 5.0, 1.0, 0.5, 1.0, 1.0, 2.0]
+    system = _system(class_weights=weights, label_smoothing=0.1)
+    assert "loss_weights" in system.state_dict()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints")
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(system, datamodule=TinyDataModule())
+
+    raw = torch.load(checkpoint.best_model_path, weights_only=True)
+    assert raw["hyper_parameters"]["class_names"] == list(EMOTIONS)
+    assert raw["state_dict"]["loss_weights"].tolist() == weights
+
+    restored = FERSystem.load_from_checkpoint(checkpoint.best_model_path, net=TinyNet())
+    assert restored.hparams.class_weights == weights
+    assert restored.hparams.label_smoothing == pytest.approx(0.1)
+    assert restored.optimizer_factory is None
+    restored_state = restored.state_dict()
+    for key, value in system.state_dict().items():
+        assert torch.equal(restored_state[key], value), key
+
+
+def _manual_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, smoothing: float
+) -> float:
+    """Cross-entropy written out: per-sample smoothed NLL, weighted by the true class's weight."""
+    total, weight_sum = 0.0, 0.0
+    for row, target in zip(logits.tolist(), targets.tolist(), strict=True):
+        log_norm = math.log(sum(math.exp(value) for value in row))
+        log_probs = [value - log_norm for value in row]
+        weighted_nll = sum(
+            weights[k] * ((1 - smoothing) * (k == target) + smoothing / len(row)) * -log_probs[k]
+            for k in range(len(row))
+        )
+        total += float(weighted_nll)
+        weight_sum += float(weights[target])
+    return total / weight_sum
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_applies_class_weights_and_label_smoothing(smoothing: float, weighted: bool) -> None:
+    weights = [2.0, 0.0, 1.0, 3.0, 1.0, 0.5, 1.0] if weighted else None
+    system = _system(class_weights=weights, label_smoothing=smoothing)
+    logits = torch.linspace(-2.0, 2.0, 3 * NUM_CLASSES).reshape(3, NUM_CLASSES)
+    targets = torch.tensor([0, 3, 5])
+    expected = _manual_cross_entropy(
+        logits, targets, torch.tensor(weights or [1.0] * NUM_CLASSES), smoothing
+    )
+    assert float(system.loss(logits, targets)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_class_weight_ignores_that_class() -> None:
+    logits = torch.tensor(
+        [[3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0]]
+    )
+    only_happy = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    loss_all = _system().loss(logits, torch.tensor([1, 3]))
+    loss_happy_only = _system(class_weights=only_happy).loss(logits, torch.tensor([1, 3]))
+    happy_alone = _system().loss(logits[1:], torch.tensor([3]))
+    assert float(loss_happy_only) == pytest.approx(float(happy_alone))
+    assert float(loss_all) > float(loss_happy_only)
+
+
+def test_one_cycle_scheduler_gets_total_steps(tmp_path: Path) -> None:
+    one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None)
+    system = _system(scheduler=one_cycle, scheduler_interval="step")
+    trainer = _trainer(tmp_path)
+    trainer.fit(system, datamodule=TinyDataModule())
+    scheduler_config = trainer.lr_scheduler_configs[0]
+    assert scheduler_config.interval == "step"
+    assert scheduler_config.scheduler.total_steps == MAX_EPOCHS * 2  # 2 limited batches per epoch
+
+
+def test_epoch_scheduler_keeps_its_own_arguments(tmp_path: Path) -> None:
+    plateau = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0)
+    system = _system(scheduler=plateau, scheduler_monitor="val/loss")
+    trainer = _trainer(tmp_path)
+    trainer.fit(system, datamodule=TinyDataModule())
+    assert trainer.lr_scheduler_configs[0].monitor == "val/loss"
+    assert trainer.lr_scheduler_configs[0].interval == "epoch"
+
+
+def test_training_without_optimizer_is_a_user_error(tmp_path: Path) -> None:
+    system = FERSystem(net=TinyNet())
+    with pytest.raises(FERUserError, match=r"model\.optimizer"):
+        _trainer(tmp_path).fit(system, datamodule=TinyDataModule())
+
+
+def test_evaluation_and_prediction_work_without_optimizer(tmp_path: Path) -> None:
+    system = FERSystem(net=TinyNet())
+    trainer = _trainer(tmp_path)
+    results = trainer.validate(system, datamodule=TinyDataModule(), verbose=False)[0]
+    assert 0.0 <= results["val/acc"] <= 1.0
+    batches = trainer.predict(system, datamodule=TinyDataModule())
+    probabilities = torch.cat(batches)
+    assert probabilities.shape == (NUM_VAL, NUM_CLASSES)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(NUM_VAL))
+    assert (probabilities >= 0).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"scheduler_interval": "batch"}, "scheduler_interval"),
+        ({"class_weights": [1.0, 2.0]}, "class_weights"),
+        ({"class_weights": [1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}, "class_weights"),
+        ({"label_smoothing": 1.5}, "label_smoothing"),
+        ({"class_names": ["a", "b"]}, "num_classes"),
+    ],
+)
+def test_bad_configuration_is_a_user_error(kwargs: dict, field: str) -> None:
+    with pytest.raises(FERUserError, match=field):
+        FERSystem(net=TinyNet(), optimizer=SGD, **kwargs)
+
+
+def test_forward_returns_logits_and_example_input_matches_net() -> None:
+    system = FERSystem(net=TinyNet(in_channels=3))
+    assert system.example_input_array.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    logits = system(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert logits.shape == (2, NUM_CLASSES)
+    assert torch.equal(logits, system.net(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)))
+
+
+# Graph logging traces the module with torch.jit, which is deprecated and touches deprecated
+# torchmetrics properties; both warnings come from the libraries, not from this project.
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+@pytest.mark.filterwarnings("ignore:This property will be removed:DeprecationWarning")
+def test_tensorboard_extras_write_scalars_figures_and_graph(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb", log_graph=True, default_hp_metric=False)
+    trainer = _trainer(tmp_path, logger=logger, callbacks=[TensorBoardExtras(num_samples=6)])
+    trainer.fit(_system(), datamodule=TinyDataModule())
+
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"val/acc", "val/f1_macro", "val/acc_best", "train/loss", "val/f1/Happy"} <= set(
+        tags["scalars"]
+    )
+    assert tags["graph"]
+    for tag in ("val/confusion_matrix", "val/sample_predictions"):
+        images = events.Images(tag)
+        assert len(images) == MAX_EPOCHS  # one per validation epoch, none for the sanity check
+        assert images[0].width > 0
+        assert images[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_tensorboard_extras_are_a_no_op_without_tensorboard(tmp_path: Path) -> None:
+    callback = TensorBoardExtras(num_samples=4)
+    logger = CSVLogger(tmp_path)
+    trainer = _trainer(tmp_path, max_epochs=1, logger=logger, callbacks=[callback])
+    trainer.fit(_system(), datamodule=TinyDataModule())
+    assert callback._sample_batch is None
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
+
+
+class RecordingTensorBoardLogger(TensorBoardLogger):
+    """Remembers what it was asked to log, then logs it for real."""
+
+    def log_hyperparams(self, params, metrics=None) -> None:
+        self.recorded = (params, metrics)
+        super().log_hyperparams(params, metrics)
+
+
+def test_log_hparams_with_metrics_flattens_params(tmp_path: Path) -> None:
+    logger = RecordingTensorBoardLogger(tmp_path, name="hp", default_hp_metric=False)
+    params = {
+        "model": {"lr": 0.01, "net": {"name": "tiny", "widths": [8, 16]}},
+        "seed": 3,
+        "x": None,
+    }
+    log_hparams_with_metrics(logger, params, {"test/acc": torch.tensor(0.5)})
+    logger.experiment.flush()
+
+    flat, metrics = logger.recorded
+    assert flat == {
+        "model/lr": 0.01,
+        "model/net/name": "tiny",
+        "model/net/widths": "[8, 16]",
+        "seed": 3,
+        "x": "None",
+    }
+    assert metrics == {"test/acc": 0.5}
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert events.PluginTagToContent("hparams")
+
+
+def test_log_hparams_with_metrics_ignores_other_loggers(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path)
+    log_hparams_with_metrics(logger, {"a": 1}, {"m": 1.0})
+    log_hparams_with_metrics(None, {"a": 1}, {"m": 1.0})
+    assert not (Path(logger.log_dir) / "hparams.yaml").exists()
