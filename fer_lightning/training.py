@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from fer_lightning.builders import build_trainer, instantiate_group
+from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import StoreRunConfig
 from fer_lightning.errors import FERUserError
@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
+    trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -36,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_config = resolved_run_config(cfg)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = build_trainer(cfg.trainer, callbacks, loggers)
+    trainer = build_trainer(trainer_cfg, callbacks, loggers)
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):

@@ -1,0 +1,218 @@
+"""LightningDataModules for FER2013: the csv, the built-in synthetic set and the image folders.
+
+Subclasses only change where the arrays come from (``load_arrays``); datasets, transforms, class
+weights and loaders are shared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fer_lightning.classes import EMOTIONS, NUM_CLASSES
+from fer_lightning.data.class_weights import CLASS_WEIGHTING_MODES, class_weights
+from fer_lightning.data.fer2013_csv import SplitArrays, load_fer2013_csv
+from fer_lightning.data.folders import load_fer2013_folders
+from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
+from fer_lightning.data.transforms import build_transform
+from fer_lightning.errors import FERUserError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing changes
+
+
+class FERDataset(Dataset):
+    """uint8 images (N, 1, 48, 48) and int64 labels; the transform runs per item."""
+
+    def __init__(self, arrays: SplitArrays, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images = torch.from_numpy(arrays.images).unsqueeze(1)
+        self.labels = torch.from_numpy(arrays.labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
+class FER2013DataModule(pl.LightningDataModule):
+    """FER2013 from its csv (plain or gzip; parsed once, optionally cached in ``cache_dir``).
+
+    Batches are ``(x, y)``: x float32 (B, in_channels, 48, 48) normalised to [-1, 1], y int64 (B,).
+    """
+
+    class_names: tuple[str, ...] = EMOTIONS
+    num_classes: int = NUM_CLASSES
+
+    def __init__(
+        self,
+        csv_path: str,
+        cache_dir: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        in_channels: int = 1,
+        class_weighting: str = "none",
+        augment: dict | None = None,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        # collects the arguments of subclasses too; then plain containers for weights_only loads
+        self.save_hyperparameters()
+        self.save_hyperparameters(_plain(dict(self.hparams)))
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise FERUserError(
+                f"batch sizes must be >= 1, got batch_size={batch_size}, "
+                f"eval_batch_size={eval_batch_size}"
+            )
+        if num_workers < 0:
+            raise FERUserError(f"num_workers must be >= 0, got {num_workers}")
+        if class_weighting not in CLASS_WEIGHTING_MODES:
+            raise FERUserError(
+                f"unknown class_weighting {class_weighting!r}; choose one of "
+                f"{', '.join(CLASS_WEIGHTING_MODES)}"
+            )
+        self.train_transform = build_transform(True, in_channels, self.hparams.augment)
+        self.eval_transform = build_transform(False, in_channels, self.hparams.augment)
+        self.arrays: dict[str, SplitArrays] | None = None
+
+    def load_arrays(self) -> dict[str, SplitArrays]:
+        """Arrays of the three splits; subclasses override this to read another source."""
+        return load_fer2013_csv(_absolute(self.hparams.csv_path), self.hparams.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the arrays once (later calls do nothing)."""
+        if self.arrays is None:
+            self.arrays = self.load_arrays()
+
+    def split_arrays(self, split: str) -> SplitArrays:
+        """The arrays of ``split`` (train, val or test), loading them on first use."""
+        if split not in SPLIT_NAMES:
+            raise FERUserError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)}")
+        self.setup()
+        return self.arrays[split]
+
+    def class_counts(self) -> list[int]:
+        """Rows per class in the training split."""
+        labels = self.split_arrays("train").labels
+        return np.bincount(labels, minlength=self.num_classes).tolist()
+
+    def class_weights(self) -> list[float] | None:
+        """Loss weights from ``class_weighting`` and the training counts (None for ``none``)."""
+        return class_weights(self.class_counts(), self.hparams.class_weighting)
+
+    def dataloader(self, split: str, train: bool = False) -> DataLoader:
+        """Loader over ``split``; ``train`` shuffles and augments (the last batch is kept)."""
+        batch_size = self.hparams.batch_size
+        if not train:
+            batch_size = self.hparams.eval_batch_size or batch_size
+        transform = self.train_transform if train else self.eval_transform
+        return DataLoader(
+            FERDataset(self.split_arrays(split), transform),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+
+class SyntheticFER2013DataModule(FER2013DataModule):
+    """The built-in synthetic FER2013, written once as a csv in ``data_dir`` and then read like
+    the real one."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        num_train: int = 3000,
+        num_val: int = 600,
+        num_test: int = 600,
+        seed: int = 0,
+        csv_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``csv_path`` is derived from the other arguments; it is accepted only as None, the
+        value that configs inheriting the csv data config give it."""
+        _reject_csv_path(csv_path, "the synthetic data", "data_dir")
+        name = f"synthetic_v{SYNTHETIC_VERSION}_{num_train}-{num_val}-{num_test}_seed{seed}.csv"
+        csv_path = os.path.join(data_dir, name)  # reassigned first: hparams record this one
+        super().__init__(csv_path=csv_path, **kwargs)
+
+    def prepare_data(self) -> None:
+        """Write the csv if it is missing (atomically, so concurrent writers are harmless)."""
+        csv_path = _absolute(self.hparams.csv_path)
+        if not csv_path.is_file():
+            write_synthetic_fer2013_csv(
+                csv_path,
+                num_train=self.hparams.num_train,
+                num_val=self.hparams.num_val,
+                num_test=self.hparams.num_test,
+                seed=self.hparams.seed,
+            )
+
+    def load_arrays(self) -> dict[str, SplitArrays]:
+        self.prepare_data()
+        return super().load_arrays()
+
+
+class FER2013FoldersDataModule(FER2013DataModule):
+    """FER2013 from Kaggle's image folders; val is a seeded stratified share of train."""
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.2,
+        split_seed: int = 42,
+        csv_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``csv_path`` is unused; it is accepted only as None (see the synthetic module)."""
+        _reject_csv_path(csv_path, "the image-folder data", "root")
+        super().__init__(csv_path="", **kwargs)
+
+    def load_arrays(self) -> dict[str, SplitArrays]:
+        return load_fer2013_folders(
+            _absolute(self.hparams.root), self.hparams.val_fraction, self.hparams.split_seed
+        )
+
+
+def _reject_csv_path(csv_path: str | None, source: str, instead: str) -> None:
+    if csv_path is not None:
+        raise FERUserError(
+            f"csv_path={csv_path!r} is not used by {source}; set {instead} (and csv_path=null)"
+        )
+
+
+def _absolute(path: str) -> Path:
+    """``~`` expanded; relative paths are taken from the current directory."""
+    return Path(os.path.expanduser(path)).absolute()
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences (e.g. OmegaConf containers) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,174 @@
+"""Every config group composes and instantiates; the `trainer.gpus` alias behaves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from pytorch_lightning import Trainer
+
+from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
+from fer_lightning.classes import EMOTIONS
+from fer_lightning.data.class_weights import class_weights
+from fer_lightning.errors import FERUserError
+from tests.conftest import CONF_DIR, compose_config, run_script
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _instantiate_run(cfg):
+    """Build datamodule, system and trainer exactly as train.py does, and push one batch through."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    system = hydra.utils.instantiate(
+        cfg.model, class_weights=datamodule.class_weights(), class_names=list(datamodule.class_names)
+    )
+    trainer = build_trainer(
+        cfg.trainer, instantiate_group(cfg.callbacks), instantiate_group(cfg.logger)
+    )
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape[1:] == (cfg.model.net.in_channels, 48, 48)
+    assert system(images).shape == (len(labels), len(EMOTIONS))
+    return datamodule, system, trainer
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_config_instantiates_and_wires_channels(train_cfg, model):
+    cfg = train_cfg(f"model={model}")
+    _, system, trainer = _instantiate_run(cfg)
+    assert isinstance(trainer, Trainer)
+    assert cfg.data.in_channels == system.net.in_channels
+
+
+def test_model_group_has_the_seed_nets():
+    assert {"baseline", "deep"} <= set(_options("model"))
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_and_instantiates(train_cfg, experiment, tiny_csv):
+    cfg = train_cfg(f"experiment={experiment}", f"data.csv_path={tiny_csv}", "data.cache_dir=null")
+    _instantiate_run(cfg)
+
+
+def test_seed000_experiment_is_seed_000s_recipe(tmp_path, tiny_csv):
+    cfg = compose_config(
+        "train", tmp_path, ["experiment=seed000", f"data.csv_path={tiny_csv}", "data.num_workers=0"]
+    )
+    assert cfg.model.net._target_.endswith("BaselineCNN")
+    assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (12, 64)
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.model.optimizer.lr == pytest.approx(1e-3)
+    datamodule, system, _ = _instantiate_run(cfg)
+    expected = class_weights(datamodule.class_counts(), "balanced")
+    assert torch.allclose(system.loss_weights, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_seed004_experiment_uses_three_channels(train_cfg, tiny_csv):
+    cfg = train_cfg("experiment=seed004", f"data.csv_path={tiny_csv}")
+    assert cfg.model.net._target_.endswith("DeepConcatNet")
+    assert cfg.data.in_channels == 3
+
+
+def test_synthetic_data_config(tmp_path):
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        ["data=synthetic", f"paths.data_dir={tmp_path}", "data.num_train=140", "data.num_val=35",
+         "data.num_test=35", "~callbacks.rich_progress_bar"],
+    )
+    datamodule, _, _ = _instantiate_run(cfg)
+    assert sum(datamodule.class_counts()) == 140
+
+
+def test_folders_data_config(tmp_path):
+    root = tmp_path / "folders"
+    for split, per_class in (("train", 5), ("test", 2)):
+        for label, name in enumerate(EMOTIONS):
+            folder = root / split / name.lower()
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                Image.new("L", (48, 48), color=label * 30 + index).save(folder / f"{index}.png")
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        ["data=fer2013_folders", f"data.root={root}", "data.num_workers=0", "data.batch_size=8",
+         "~callbacks.rich_progress_bar"],
+    )
+    datamodule, _, _ = _instantiate_run(cfg)
+    assert sum(datamodule.class_counts()) == 28  # 80 % of 35 training images, stratified
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_every_trainer_config_composes(train_cfg, trainer):
+    cfg = train_cfg(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if trainer == "ddp":
+        cpu_trainer = build_trainer(
+            OmegaConf.merge(cfg.trainer, {"accelerator": "cpu", "devices": 2}), [], False
+        )
+        assert cpu_trainer.world_size == 2
+
+
+@pytest.mark.parametrize("debug", _options("debug"))
+def test_every_debug_config_composes(train_cfg, debug):
+    cfg = train_cfg(f"debug={debug}")
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.task_name == "debug"
+
+
+def test_optuna_search_composes(train_cfg):
+    cfg = train_cfg("hparams_search=optuna")
+    assert cfg.optimized_metric == "val/acc_best"
+    assert "model.optimizer.lr" in cfg.hydra.sweeper.params
+    assert cfg.hydra.sweeper.storage is None
+
+
+def test_evaluate_config_composes(tmp_path):
+    cfg = compose_config("evaluate", tmp_path, ["ckpt_path=some.ckpt", "split=val"])
+    assert (cfg.ckpt_path, cfg.split) == ("some.ckpt", "val")
+    assert cfg.trainer.logger is False
+
+
+def test_gpus_alias_zero_means_cpu(train_cfg):
+    resolved = resolve_gpus_alias(train_cfg("trainer.gpus=0").trainer)
+    assert (resolved.accelerator, resolved.devices) == ("cpu", 1)
+    assert "gpus" not in resolved
+
+
+def test_gpus_alias_unset_keeps_accelerator_and_devices(train_cfg):
+    resolved = resolve_gpus_alias(train_cfg("trainer.accelerator=cpu", "trainer.devices=1").trainer)
+    assert (resolved.accelerator, resolved.devices) == ("cpu", 1)
+    assert "gpus" not in resolved
+
+
+def test_gpus_alias_maps_to_gpu_devices(train_cfg, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    resolved = resolve_gpus_alias(train_cfg("trainer.gpus=2").trainer)
+    assert (resolved.accelerator, resolved.devices) == ("gpu", 2)
+    with pytest.raises(FERUserError, match="only 2 are available"):
+        resolve_gpus_alias(train_cfg("trainer.gpus=3").trainer)
+
+
+def test_gpus_alias_without_gpu_is_one_clear_error(train_cfg, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FERUserError, match="no GPU is available"):
+        resolve_gpus_alias(train_cfg("trainer.gpus=1").trainer)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_train_with_gpus_flag_fails_in_one_line_without_gpu(tmp_path: Path):
+    result = run_script("train.py", "model=deep", "trainer.gpus=1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "not in struct" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "no GPU is available" in error_lines[0]

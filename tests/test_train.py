@@ -1,0 +1,151 @@
+"""End to end through the real configs: train -> checkpoints/report/TensorBoard -> evaluate, and the CLIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fer_lightning.classes import EMOTIONS
+from fer_lightning.data import load_fer2013_csv
+from fer_lightning.evaluation import evaluate
+from fer_lightning.training import train
+from tests.conftest import compose_config, run_script
+
+LIMITED_RUN = (
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "callbacks.tensorboard_extras.num_samples=8",
+)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_csv) -> Path:
+    """One short real training run of the baseline, shared by the checks below."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        "train",
+        run_dir,
+        ["data=fer2013", f"data.csv_path={tiny_csv}", "data.cache_dir=null", "data.num_workers=0",
+         "data.batch_size=32", "~callbacks.rich_progress_bar", "seed=0", *LIMITED_RUN],
+    )
+    metrics = train(cfg)
+    assert "val/acc_best" in metrics and "test/acc" in metrics
+    return run_dir
+
+
+@pytest.mark.parametrize("model", ["baseline", "deep"])
+def test_fast_dev_run_per_model(train_cfg, model):
+    cfg = train_cfg(f"model={model}", "debug=fdr")
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert np.isfinite(metrics["train/loss"])
+
+
+def test_run_dir_layout(trained_run):
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_train_metrics_json_is_the_test_report(trained_run, tiny_csv):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    test_labels = load_fer2013_csv(tiny_csv)["test"].labels
+    assert metrics["split"] == "test"
+    assert metrics["best_checkpoint"].endswith("best.ckpt")
+    assert {name: metrics["per_class"][name]["support"] for name in EMOTIONS} == {
+        name: int((test_labels == label).sum()) for label, name in enumerate(EMOTIONS)
+    }
+    assert 0.0 <= metrics["val"]["acc_best"] <= 1.0
+
+
+def test_checkpoint_loads_with_weights_only(trained_run):
+    checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "fer_run_config" in checkpoint
+    assert checkpoint["hyper_parameters"]["class_names"] == list(EMOTIONS)
+
+
+def _read_confusion(path: Path) -> np.ndarray:
+    return np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, len(EMOTIONS) + 1))
+
+
+def test_evaluate_round_trip_reproduces_the_test_report(trained_run, tmp_path, tiny_csv):
+    cfg = compose_config("evaluate", tmp_path, [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}"])
+    report = evaluate(cfg)
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(trained["accuracy"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["accuracy"] == pytest.approx(report["accuracy"])
+    assert set(written["per_class"]["Happy"]) >= {"precision", "recall", "f1", "support"}
+    confusion = _read_confusion(tmp_path / "confusion_matrix.csv")
+    assert confusion.sum() == len(load_fer2013_csv(tiny_csv)["test"].labels)
+    np.testing.assert_array_equal(confusion, _read_confusion(trained_run / "confusion_matrix.csv"))
+
+
+def test_evaluate_cli_on_the_val_split(trained_run, tmp_path, tiny_csv):
+    result = run_script(
+        "evaluate.py",
+        f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}",
+        "split=val",
+        f"data.csv_path={tiny_csv}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    val_labels = load_fer2013_csv(tiny_csv)["val"].labels
+    for line in ("precision", "recall", "f1-score", "support", "accuracy", "macro avg", "weighted avg"):
+        assert line in result.stdout
+    happy_row = next(row for row in result.stdout.splitlines() if row.strip().startswith("Happy"))
+    assert happy_row.split()[-1] == str(int((val_labels == EMOTIONS.index("Happy")).sum()))
+    assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "val"
+
+
+def test_tensorboard_has_scalars_figures_graph_and_hparams(trained_run):
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for scalar in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/acc_best",
+                   "val/f1/Happy", "val/precision/Disgust", "val/recall/Neutral", "lr-Adam", "test/acc"):
+        assert scalar in tags["scalars"], scalar
+    assert {"val/confusion_matrix", "val/sample_predictions"} <= set(tags["images"])
+    assert len(events.Images("val/confusion_matrix")) == 2  # one per validation epoch
+    assert tags["graph"]
+    hparams_runs = list((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert any(b"hparams" in path.read_bytes() for path in hparams_runs)
+
+
+def test_cli_multirun_over_both_models(tmp_path, tiny_csv):
+    result = run_script(
+        "train.py", "-m", "model=baseline,deep", "debug=fdr", "data=fer2013", f"data.csv_path={tiny_csv}",
+        "data.cache_dir=null", "~callbacks.rich_progress_bar", f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["split"] == "test"
+    assert "DeepConcatNet" in (tmp_path / "1" / ".hydra" / "config.yaml").read_text()
+
+
+def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
+    result = run_script(
+        "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1", "data=fer2013", f"data.csv_path={tiny_csv}",
+        "data.cache_dir=null", "data.num_workers=0", "~callbacks.rich_progress_bar",
+        "callbacks.tensorboard_extras.num_samples=8", f"hydra.sweep.dir={tmp_path}", *LIMITED_RUN,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_value" in results and "model.optimizer.lr" in results
+
+
+def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
+    missing = tmp_path / "nowhere" / "fer2013.csv"
+    result = run_script("train.py", "data=fer2013", f"data.csv_path={missing}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(missing) in result.stderr and "data=synthetic" in result.stderr
