@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,15 +66,22 @@ def plot_sample_predictions(
 
 class TensorBoardExtras(Callback):
     """After each validation run (not the sanity check), logs to TensorBoard the confusion-matrix
-    figure and predictions on a fixed batch of validation images; does nothing without a
-    TensorBoardLogger.
+    figure and predictions on a fixed batch of validation images, and once the net's graph;
+    does nothing without a TensorBoardLogger.
+
+    The graph is traced from the net alone, not the LightningModule, so the metric modules stay
+    out of the trace.
 
     Runs in ``on_validation_end`` because Lightning calls callbacks' ``on_validation_epoch_end``
     before the module's, i.e. before ``FERSystem.val_confusion`` holds the current epoch.
     """
 
     def __init__(
-        self, num_samples: int = 32, log_confusion: bool = True, log_samples: bool = True
+        self,
+        num_samples: int = 32,
+        log_confusion: bool = True,
+        log_samples: bool = True,
+        log_graph: bool = True,
     ) -> None:
         super().__init__()
         if num_samples < 1:
@@ -81,7 +89,18 @@ class TensorBoardExtras(Callback):
         self.num_samples = num_samples
         self.log_confusion = log_confusion
         self.log_samples = log_samples
+        self.log_graph = log_graph
         self._sample_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = _tensorboard_writer(trainer)
+        if not self.log_graph or writer is None or not trainer.is_global_zero:
+            return
+        example = pl_module.example_input_array.to(pl_module.device)
+        with warnings.catch_warnings():
+            # TensorBoard's graph export has no replacement for the deprecated torch.jit.trace yet
+            warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
+            writer.add_graph(pl_module.net, example)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = _tensorboard_writer(trainer)
@@ -93,8 +112,11 @@ class TensorBoardExtras(Callback):
             writer.add_figure("val/confusion_matrix", figure, trainer.global_step, close=True)
         if self.log_samples:
             images, targets = self._fixed_val_batch(trainer)
+            was_training = pl_module.training
+            pl_module.eval()
             with torch.no_grad():
                 logits = pl_module(images.to(pl_module.device))
+            pl_module.train(was_training)
             probabilities = torch.softmax(logits, dim=1).cpu()
             figure = plot_sample_predictions(images, targets, probabilities, class_names)
             writer.add_figure("val/sample_predictions", figure, trainer.global_step, close=True)

@@ -256,12 +256,8 @@ def test_forward_returns_logits_and_example_input_matches_net() -> None:
     assert torch.equal(logits, system.net(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)))
 
 
-# Graph logging traces the module with torch.jit, which is deprecated and touches deprecated
-# torchmetrics properties; both warnings come from the libraries, not from this project.
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
-@pytest.mark.filterwarnings("ignore:This property will be removed:DeprecationWarning")
 def test_tensorboard_extras_write_scalars_figures_and_graph(tmp_path: Path) -> None:
-    logger = TensorBoardLogger(tmp_path, name="tb", log_graph=True, default_hp_metric=False)
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
     trainer = _trainer(tmp_path, logger=logger, callbacks=[TensorBoardExtras(num_samples=6)])
     trainer.fit(_system(), datamodule=TinyDataModule())
 

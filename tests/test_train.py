@@ -20,6 +20,7 @@ LIMITED_RUN = (
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=4",
     "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=2",
     "callbacks.tensorboard_extras.num_samples=8",
 )
 
