@@ -1,15 +1,15 @@
-"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=test|val] [data.csv_path=...]`."""
+"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=val] [data.csv_path=...]`."""
 
 import os
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from fer_lightning.cli import exit_on_user_error  # noqa: E402
-from fer_lightning.evaluation import evaluate  # noqa: E402
+from fer_lightning.cli import exit_on_user_error
+from fer_lightning.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -1,15 +1,15 @@
-"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1] [experiment=...]`."""
+"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`."""
 
 import os
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from fer_lightning.cli import exit_on_user_error  # noqa: E402
-from fer_lightning.training import metric_value, train  # noqa: E402
+from fer_lightning.cli import exit_on_user_error
+from fer_lightning.training import metric_value, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -16,7 +16,8 @@ from fer_lightning.errors import FERUserError
 def resolve_gpus_alias(trainer_cfg: DictConfig) -> DictConfig:
     """Translate the Lightning 1.x `gpus=N` flag into `accelerator`/`devices`.
 
-    `gpus=0` means CPU; `gpus=N>0` needs N visible CUDA devices and fails at once, in one line, without them.
+    `gpus=0` means CPU; `gpus=N>0` needs N visible CUDA devices and otherwise fails at once,
+    in one line.
     """
     resolved = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = resolved.pop("gpus", None)
@@ -31,16 +32,19 @@ def resolve_gpus_alias(trainer_cfg: DictConfig) -> DictConfig:
     if available == 0:
         raise FERUserError(
             f"trainer.gpus={gpus} asks for a GPU but no GPU is available on this machine "
-            "(torch.cuda.is_available() is False); use trainer.gpus=0 or leave it unset to train on the CPU"
+            "(torch.cuda.is_available() is False); use trainer.gpus=0 or leave it unset "
+            "to train on the CPU"
         )
     if gpus > available:
-        raise FERUserError(f"trainer.gpus={gpus} asks for {gpus} GPUs but only {available} are available")
+        raise FERUserError(
+            f"trainer.gpus={gpus} asks for {gpus} GPUs but only {available} are available"
+        )
     resolved.update(accelerator="gpu", devices=gpus)
     return OmegaConf.create(resolved)
 
 
 def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group mapping (callbacks, loggers); null entries are skipped."""
+    """Instantiate each entry of a config group mapping (callbacks, loggers), skipping nulls."""
     if not group_cfg:
         return []
     return [hydra.utils.instantiate(entry) for entry in group_cfg.values() if entry is not None]

@@ -1,4 +1,5 @@
-"""Self-describing checkpoints: the resolved run config travels inside, so evaluation needs nothing else."""
+"""Self-describing checkpoints: the resolved run config travels inside, so evaluation needs
+nothing else."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class StoreRunConfig(Callback):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a fer-lightning checkpoint with torch's safe `weights_only` loader; bad files fail in one line."""
+    """Load a checkpoint with torch's safe `weights_only` loader; bad files fail in one line."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FERUserError(f"checkpoint {path} does not exist")

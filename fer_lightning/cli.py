@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 def exit_on_user_error(task: Callable[..., T], *args: object) -> T:
-    """Run `task`; a user mistake becomes one line on stderr and exit status 2 instead of a traceback."""
+    """Run `task`; a user mistake becomes one line on stderr and exit status 2, not a traceback."""
     try:
         return task(*args)
     except FERUserError as err:

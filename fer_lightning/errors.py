@@ -6,4 +6,4 @@ class FERUserError(Exception):
 
 
 class DataFormatError(FERUserError):
-    """A data file that does not follow its format; the message names file, line, field and value."""
+    """A data file breaking its format; the message names file, line, field and value."""

@@ -1,4 +1,4 @@
-"""The evaluation task behind evaluate.py: a checkpoint alone, one split, an honest per-class report."""
+"""The evaluation task behind evaluate.py: a checkpoint alone, one split, a per-class report."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
     extra = {"split": cfg.split, "ckpt_path": str(Path(cfg.ckpt_path).expanduser())}
     report = write_report(
-        system.test_confusion.cpu().numpy(), datamodule.class_names, Path(cfg.paths.output_dir), extra
+        system.test_confusion.cpu().numpy(),
+        datamodule.class_names,
+        Path(cfg.paths.output_dir),
+        extra,
     )
     print(f"{cfg.ckpt_path} on split '{cfg.split}':")
     print(format_report(report, datamodule.class_names))

@@ -1,4 +1,5 @@
-"""The training task behind train.py: fit with selection on val (PublicTest), then test once (PrivateTest)."""
+"""The training task behind train.py: fit with checkpoint selection on val (PublicTest), then test
+the best checkpoint once (PrivateTest)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpu
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import StoreRunConfig
 from fer_lightning.errors import FERUserError
-from fer_lightning.report import write_report
+from fer_lightning.report import format_report, write_report
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_floats(trainer.callback_metrics))
 
     if cfg.get("test"):
-        best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best_path = (
+            trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        )
         if not best_path:
             log.warning("No best checkpoint was saved; testing the current weights")
-        trainer.test(system, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
+        trainer.test(
+            system,
+            datamodule=datamodule,
+            ckpt_path=best_path or None,
+            weights_only=True,
+            verbose=False,
+        )
         metrics.update(_floats(trainer.callback_metrics))
         if trainer.is_global_zero:
             _write_test_report(cfg, trainer, system, datamodule, best_path, metrics, loggers)
@@ -65,34 +74,53 @@ def _write_test_report(
     metrics: dict[str, float],
     loggers: list[Any],
 ) -> None:
-    """metrics.json, the text report and the confusion matrix of the test split, into the run dir."""
+    """metrics.json, the text report and the confusion matrix of the test split, in the run dir."""
     extra = {
         "split": "test",
         "best_checkpoint": best_path,
         "epochs_trained": trainer.current_epoch,
         "seed": cfg.get("seed"),
-        "val": {key.removeprefix("val/"): value for key, value in metrics.items() if key.startswith("val/")},
+        "val": {
+            key.removeprefix("val/"): value
+            for key, value in metrics.items()
+            if key.startswith("val/")
+        },
     }
     report = write_report(
-        system.test_confusion.cpu().numpy(), datamodule.class_names, Path(cfg.paths.output_dir), extra
+        system.test_confusion.cpu().numpy(),
+        datamodule.class_names,
+        Path(cfg.paths.output_dir),
+        extra,
     )
-    log.info("Test accuracy %.4f, macro-F1 %.4f", report["accuracy"], report["f1_macro"])
+    print(f"Best checkpoint {best_path or '(current weights)'} on split 'test':")
+    print(format_report(report, datamodule.class_names))
     final = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["f1_macro"]}
-    final.update({f"hp/{key}": metrics[key] for key in ("val/acc_best", "val/f1_macro_best") if key in metrics})
+    final.update(
+        {
+            f"hp/{key}": metrics[key]
+            for key in ("val/acc_best", "val/f1_macro_best")
+            if key in metrics
+        }
+    )
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             log_hparams_with_metrics(logger, resolved_run_config(cfg), final)
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config as plain containers, without Hydra's own node (stored in checkpoints, logged)."""
-    return {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-            for key in cfg if key != "hydra"}
+    """The run's config as plain containers, without Hydra's own node (for checkpoints and logs)."""
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        if OmegaConf.is_config(cfg[key])
+        else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar tensors of Lightning's callback_metrics as plain floats."""
-    return {key: float(value) for key, value in metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
+    """Lightning's callback_metrics (scalar tensors) as plain floats."""
+    return {key: float(value) for key, value in metrics.items()}
 
 
 def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
@@ -101,6 +129,7 @@ def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
         return None
     if name not in metrics:
         raise FERUserError(
-            f"optimized_metric={name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}"
+            f"optimized_metric={name!r} was not logged; "
+            f"logged metrics: {', '.join(sorted(metrics))}"
         )
     return metrics[name]

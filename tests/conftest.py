@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny fer2013-format data and the real Hydra configs composed for a tmp run dir."""
+"""Shared fixtures: tiny fer2013-format data, the real Hydra configs composed for a tmp run dir."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose_config(config_name: str, output_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/<config_name>.yaml like Hydra's main would, with the run dir set to `output_dir`."""
+    """Compose conf/<config_name>.yaml like Hydra's main would, with `output_dir` as run dir."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
@@ -65,7 +65,9 @@ def train_cfg(tmp_path: Path, tiny_csv: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def run_script(script: str, *args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run train.py/evaluate.py in a fresh interpreter, as a user would, capturing its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(

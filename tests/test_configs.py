@@ -28,7 +28,9 @@ def _instantiate_run(cfg):
     datamodule.prepare_data()
     datamodule.setup("fit")
     system = hydra.utils.instantiate(
-        cfg.model, class_weights=datamodule.class_weights(), class_names=list(datamodule.class_names)
+        cfg.model,
+        class_weights=datamodule.class_weights(),
+        class_names=list(datamodule.class_names),
     )
     trainer = build_trainer(
         cfg.trainer, instantiate_group(cfg.callbacks), instantiate_group(cfg.logger)
@@ -80,8 +82,14 @@ def test_synthetic_data_config(tmp_path):
     cfg = compose_config(
         "train",
         tmp_path / "run",
-        ["data=synthetic", f"paths.data_dir={tmp_path}", "data.num_train=140", "data.num_val=35",
-         "data.num_test=35", "~callbacks.rich_progress_bar"],
+        [
+            "data=synthetic",
+            f"paths.data_dir={tmp_path}",
+            "data.num_train=140",
+            "data.num_val=35",
+            "data.num_test=35",
+            "~callbacks.rich_progress_bar",
+        ],
     )
     datamodule, _, _ = _instantiate_run(cfg)
     assert sum(datamodule.class_counts()) == 140
@@ -98,8 +106,13 @@ def test_folders_data_config(tmp_path):
     cfg = compose_config(
         "train",
         tmp_path / "run",
-        ["data=fer2013_folders", f"data.root={root}", "data.num_workers=0", "data.batch_size=8",
-         "~callbacks.rich_progress_bar"],
+        [
+            "data=fer2013_folders",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "data.batch_size=8",
+            "~callbacks.rich_progress_bar",
+        ],
     )
     datamodule, _, _ = _instantiate_run(cfg)
     assert sum(datamodule.class_counts()) == 28  # 80 % of 35 training images, stratified
@@ -163,7 +176,9 @@ def test_gpus_alias_without_gpu_is_one_clear_error(train_cfg, monkeypatch):
         resolve_gpus_alias(train_cfg("trainer.gpus=1").trainer)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message shown when there is no GPU"
+)
 def test_train_with_gpus_flag_fails_in_one_line_without_gpu(tmp_path: Path):
     result = run_script("train.py", "model=deep", "trainer.gpus=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2

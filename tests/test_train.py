@@ -1,4 +1,4 @@
-"""End to end through the real configs: train -> checkpoints/report/TensorBoard -> evaluate, and the CLIs."""
+"""End to end through the real configs: train -> checkpoints, report, TensorBoard -> evaluate."""
 
 from __future__ import annotations
 
@@ -32,8 +32,16 @@ def trained_run(tmp_path_factory, tiny_csv) -> Path:
     cfg = compose_config(
         "train",
         run_dir,
-        ["data=fer2013", f"data.csv_path={tiny_csv}", "data.cache_dir=null", "data.num_workers=0",
-         "data.batch_size=32", "~callbacks.rich_progress_bar", "seed=0", *LIMITED_RUN],
+        [
+            "data=fer2013",
+            f"data.csv_path={tiny_csv}",
+            "data.cache_dir=null",
+            "data.num_workers=0",
+            "data.batch_size=32",
+            "~callbacks.rich_progress_bar",
+            "seed=0",
+            *LIMITED_RUN,
+        ],
     )
     metrics = train(cfg)
     assert "val/acc_best" in metrics and "test/acc" in metrics
@@ -52,7 +60,12 @@ def test_run_dir_layout(trained_run):
     assert (trained_run / "checkpoints" / "best.ckpt").is_file()
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv"):
+    for name in (
+        "metrics.json",
+        "classification_report.txt",
+        "confusion_matrix.png",
+        "confusion_matrix.csv",
+    ):
         assert (trained_run / name).is_file(), name
 
 
@@ -78,7 +91,9 @@ def _read_confusion(path: Path) -> np.ndarray:
 
 
 def test_evaluate_round_trip_reproduces_the_test_report(trained_run, tmp_path, tiny_csv):
-    cfg = compose_config("evaluate", tmp_path, [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}"])
+    cfg = compose_config(
+        "evaluate", tmp_path, [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}"]
+    )
     report = evaluate(cfg)
     trained = json.loads((trained_run / "metrics.json").read_text())
     assert report["accuracy"] == pytest.approx(trained["accuracy"])
@@ -100,7 +115,15 @@ def test_evaluate_cli_on_the_val_split(trained_run, tmp_path, tiny_csv):
     )
     assert result.returncode == 0, result.stderr
     val_labels = load_fer2013_csv(tiny_csv)["val"].labels
-    for line in ("precision", "recall", "f1-score", "support", "accuracy", "macro avg", "weighted avg"):
+    for line in (
+        "precision",
+        "recall",
+        "f1-score",
+        "support",
+        "accuracy",
+        "macro avg",
+        "weighted avg",
+    ):
         assert line in result.stdout
     happy_row = next(row for row in result.stdout.splitlines() if row.strip().startswith("Happy"))
     assert happy_row.split()[-1] == str(int((val_labels == EMOTIONS.index("Happy")).sum()))
@@ -108,11 +131,24 @@ def test_evaluate_cli_on_the_val_split(trained_run, tmp_path, tiny_csv):
 
 
 def test_tensorboard_has_scalars_figures_graph_and_hparams(trained_run):
-    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(
+        str(trained_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}
+    )
     events.Reload()
     tags = events.Tags()
-    for scalar in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/acc_best",
-                   "val/f1/Happy", "val/precision/Disgust", "val/recall/Neutral", "lr-Adam", "test/acc"):
+    for scalar in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/f1_macro",
+        "val/acc_best",
+        "val/f1/Happy",
+        "val/precision/Disgust",
+        "val/recall/Neutral",
+        "lr-Adam",
+        "test/acc",
+    ):
         assert scalar in tags["scalars"], scalar
     assert {"val/confusion_matrix", "val/sample_predictions"} <= set(tags["images"])
     assert len(events.Images("val/confusion_matrix")) == 2  # one per validation epoch
@@ -123,8 +159,15 @@ def test_tensorboard_has_scalars_figures_graph_and_hparams(trained_run):
 
 def test_cli_multirun_over_both_models(tmp_path, tiny_csv):
     result = run_script(
-        "train.py", "-m", "model=baseline,deep", "debug=fdr", "data=fer2013", f"data.csv_path={tiny_csv}",
-        "data.cache_dir=null", "~callbacks.rich_progress_bar", f"hydra.sweep.dir={tmp_path}",
+        "train.py",
+        "-m",
+        "model=baseline,deep",
+        "debug=fdr",
+        "data=fer2013",
+        f"data.csv_path={tiny_csv}",
+        "data.cache_dir=null",
+        "~callbacks.rich_progress_bar",
+        f"hydra.sweep.dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
@@ -134,10 +177,18 @@ def test_cli_multirun_over_both_models(tmp_path, tiny_csv):
 
 def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
     result = run_script(
-        "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.n_startup_trials=1", "data=fer2013", f"data.csv_path={tiny_csv}",
-        "data.cache_dir=null", "data.num_workers=0", "~callbacks.rich_progress_bar",
-        "callbacks.tensorboard_extras.num_samples=8", f"hydra.sweep.dir={tmp_path}", *LIMITED_RUN,
+        "train.py",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        "data=fer2013",
+        f"data.csv_path={tiny_csv}",
+        "data.cache_dir=null",
+        "data.num_workers=0",
+        "~callbacks.rich_progress_bar",
+        "callbacks.tensorboard_extras.num_samples=8",
+        f"hydra.sweep.dir={tmp_path}",
+        *LIMITED_RUN,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = (tmp_path / "optimization_results.yaml").read_text()
@@ -146,7 +197,9 @@ def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
 
 def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
     missing = tmp_path / "nowhere" / "fer2013.csv"
-    result = run_script("train.py", "data=fer2013", f"data.csv_path={missing}", f"hydra.run.dir={tmp_path}")
+    result = run_script(
+        "train.py", "data=fer2013", f"data.csv_path={missing}", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(missing) in result.stderr and "data=synthetic" in result.stderr
