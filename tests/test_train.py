@@ -10,8 +10,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.data import load_fer2013_csv
+from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import train
 from tests.conftest import compose_config, run_script
@@ -203,3 +205,38 @@ def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(missing) in result.stderr and "data=synthetic" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "does not exist"), (b"not a checkpoint at all", "not a readable checkpoint")],
+)
+def test_cli_evaluate_bad_checkpoint_is_one_line(tmp_path, content, expected):
+    checkpoint = tmp_path / "model.ckpt"
+    if content is not None:
+        checkpoint.write_bytes(content)
+    result = run_script(
+        "evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (error_line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert str(checkpoint) in error_line and expected in error_line
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_checkpoint_without_run_config_is_rejected(tmp_path):
+    checkpoint = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, checkpoint)
+    with pytest.raises(FERUserError, match="not a fer-lightning checkpoint"):
+        read_checkpoint(checkpoint)
+
+
+def test_evaluate_rejects_an_unknown_split(trained_run, tmp_path):
+    cfg = compose_config(
+        "evaluate",
+        tmp_path,
+        [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", "split=dev"],
+    )
+    with pytest.raises(FERUserError, match="split must be one of"):
+        evaluate(cfg)

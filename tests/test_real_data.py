@@ -1,0 +1,63 @@
+"""Opt-in: both nets on the real FER2013 csv (set FER2013_CSV); skipped cleanly without it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_script
+
+REAL_CSV = os.environ.get("FER2013_CSV")
+# PrivateTest supports per class, from ../shared/fer2013/README.md
+PRIVATE_TEST_SUPPORT = {
+    "Angry": 491,
+    "Disgust": 55,
+    "Fear": 528,
+    "Happy": 879,
+    "Sad": 594,
+    "Surprise": 416,
+    "Neutral": 626,
+}
+
+pytestmark = [
+    pytest.mark.real_data,
+    pytest.mark.skipif(not REAL_CSV, reason="set FER2013_CSV to the real fer2013 csv"),
+]
+
+
+@pytest.mark.parametrize("model", ["baseline", "deep"])
+def test_train_then_evaluate_on_real_data(tmp_path: Path, model: str):
+    """A short real-data run (few batches) and a PrivateTest report with the true supports."""
+    run_dir = tmp_path / "train"
+    trained = run_script(
+        "train.py",
+        f"model={model}",
+        "data=fer2013",
+        f"data.csv_path={REAL_CSV}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=10",
+        "~callbacks.rich_progress_bar",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    eval_dir = tmp_path / "evaluate"
+    evaluated = run_script(
+        "evaluate.py",
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        f"data.csv_path={REAL_CSV}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={eval_dir}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    supports = {name: values["support"] for name, values in metrics["per_class"].items()}
+    assert supports == PRIVATE_TEST_SUPPORT
+    assert metrics["support"] == 3589
+    for name, support in PRIVATE_TEST_SUPPORT.items():
+        row = next(line for line in evaluated.stdout.splitlines() if line.strip().startswith(name))
+        assert row.split()[-1] == str(support)
