@@ -53,8 +53,12 @@ def _skip_projection(in_channels: int) -> nn.Conv2d:
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BatchNorm with Keras defaults (epsilon 1e-3, momentum 0.99, which is PyTorch's 0.01)."""
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+    """BatchNorm with Keras' epsilon (1e-3) and PyTorch's momentum (0.1).
+
+    Keras' momentum (0.99, PyTorch's 0.01) makes the running statistics lag for hundreds of steps,
+    so early validation in eval mode sees stale statistics; 0.1 tracks the training net closely.
+    """
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.1)
 
 
 def _relu_chain(features: torch.Tensor, *convs: nn.Module) -> torch.Tensor:
