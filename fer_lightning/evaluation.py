@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_lightning.builders import build_trainer
 from fer_lightning.checkpoint import read_checkpoint, run_config, system_from_checkpoint
 from fer_lightning.errors import FERUserError
-from fer_lightning.report import format_report, write_report
+from fer_lightning.report import publish_report
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,12 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer.test(system, dataloaders=datamodule.dataloader(cfg.split), verbose=False)
 
     extra = {"split": cfg.split, "ckpt_path": str(Path(cfg.ckpt_path).expanduser())}
-    report = write_report(
+    report = publish_report(
         system.test_confusion.cpu().numpy(),
         datamodule.class_names,
-        Path(cfg.paths.output_dir),
+        cfg.paths.output_dir,
         extra,
+        title=f"{cfg.ckpt_path} on split '{cfg.split}':",
     )
-    print(f"{cfg.ckpt_path} on split '{cfg.split}':")
-    print(format_report(report, datamodule.class_names))
     log.info("Report written to %s", cfg.paths.output_dir)
     return report

@@ -162,6 +162,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def publish_report(
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    out_dir: str | os.PathLike,
+    extra: dict[str, Any],
+    title: str,
+) -> dict[str, Any]:
+    """Write the report files into `out_dir` and print the per-class table under `title`."""
+    report = write_report(confusion, class_names, out_dir, extra)
+    print(title)
+    print(format_report(report, class_names))
+    return report
+
+
 def write_report(
     confusion: np.ndarray,
     class_names: Sequence[str],

@@ -4,7 +4,6 @@ the best checkpoint once (PrivateTest)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,7 +15,7 @@ from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpu
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import StoreRunConfig
 from fer_lightning.errors import FERUserError
-from fer_lightning.report import format_report, write_report
+from fer_lightning.report import publish_report
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
 
     trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    system = hydra.utils.instantiate(
-        cfg.model,
-        class_weights=datamodule.class_weights(),
-        class_names=list(datamodule.class_names),
-    )
+    datamodule, system = build_data_and_system(cfg)
     run_config = resolved_run_config(cfg)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
     loggers = instantiate_group(cfg.get("logger"))
@@ -65,6 +57,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def build_data_and_system(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """The datamodule (data prepared and loaded) and the system, whose class weights and names
+    come from the training split."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    system = hydra.utils.instantiate(
+        cfg.model,
+        class_weights=datamodule.class_weights(),
+        class_names=list(datamodule.class_names),
+    )
+    return datamodule, system
+
+
 def _write_test_report(
     cfg: DictConfig,
     trainer: pl.Trainer,
@@ -86,14 +92,13 @@ def _write_test_report(
             if key.startswith("val/")
         },
     }
-    report = write_report(
+    report = publish_report(
         system.test_confusion.cpu().numpy(),
         datamodule.class_names,
-        Path(cfg.paths.output_dir),
+        cfg.paths.output_dir,
         extra,
+        title=f"Best checkpoint {best_path or '(current weights)'} on split 'test':",
     )
-    print(f"Best checkpoint {best_path or '(current weights)'} on split 'test':")
-    print(format_report(report, datamodule.class_names))
     final = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["f1_macro"]}
     final.update(
         {

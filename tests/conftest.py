@@ -43,6 +43,18 @@ def compose_config(config_name: str, output_dir: Path, overrides: Sequence[str] 
     return cfg
 
 
+def tiny_data_overrides(csv_path: Path) -> list[str]:
+    """Train on `csv_path` in the main process, small batches, no progress bar."""
+    return [
+        "data=fer2013",
+        f"data.csv_path={csv_path}",
+        "data.cache_dir=null",
+        "data.num_workers=0",
+        "data.batch_size=32",
+        "~callbacks.rich_progress_bar",
+    ]
+
+
 @pytest.fixture
 def train_cfg(tmp_path: Path, tiny_csv: Path) -> Callable[..., DictConfig]:
     """Factory: the train config on the tiny csv, CPU, no progress bar, plus any overrides."""
@@ -51,15 +63,7 @@ def train_cfg(tmp_path: Path, tiny_csv: Path) -> Callable[..., DictConfig]:
         return compose_config(
             "train",
             tmp_path / "run",
-            [
-                "data=fer2013",
-                f"data.csv_path={tiny_csv}",
-                "data.cache_dir=null",
-                "data.num_workers=0",
-                "data.batch_size=32",
-                "~callbacks.rich_progress_bar",
-                *overrides,
-            ],
+            [*tiny_data_overrides(tiny_csv), *overrides],
         )
 
     return make

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,6 +14,7 @@ from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpu
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.errors import FERUserError
+from fer_lightning.training import build_data_and_system
 from tests.conftest import CONF_DIR, compose_config, run_script
 
 
@@ -24,14 +24,7 @@ def _options(group: str) -> list[str]:
 
 def _instantiate_run(cfg):
     """Build datamodule, system and trainer exactly as train.py does, and push one batch through."""
-    datamodule = hydra.utils.instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    system = hydra.utils.instantiate(
-        cfg.model,
-        class_weights=datamodule.class_weights(),
-        class_names=list(datamodule.class_names),
-    )
+    datamodule, system = build_data_and_system(cfg)
     trainer = build_trainer(
         cfg.trainer, instantiate_group(cfg.callbacks), instantiate_group(cfg.logger)
     )

@@ -16,7 +16,7 @@ from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import train
-from tests.conftest import compose_config, run_script
+from tests.conftest import compose_config, run_script, tiny_data_overrides
 
 LIMITED_RUN = (
     "trainer.max_epochs=2",
@@ -34,16 +34,7 @@ def trained_run(tmp_path_factory, tiny_csv) -> Path:
     cfg = compose_config(
         "train",
         run_dir,
-        [
-            "data=fer2013",
-            f"data.csv_path={tiny_csv}",
-            "data.cache_dir=null",
-            "data.num_workers=0",
-            "data.batch_size=32",
-            "~callbacks.rich_progress_bar",
-            "seed=0",
-            *LIMITED_RUN,
-        ],
+        [*tiny_data_overrides(tiny_csv), "seed=0", *LIMITED_RUN],
     )
     metrics = train(cfg)
     assert "val/acc_best" in metrics and "test/acc" in metrics
