@@ -5,19 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from fer_lightning.config import ROOT, compose_config
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 # small enough for seconds-long runs, large enough that every class appears in every split
@@ -29,18 +25,6 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic csv in the original fer2013 format."""
     path = tmp_path_factory.mktemp("data") / "tiny_fer2013.csv"
     return write_synthetic_fer2013_csv(path, seed=7, **TINY_SPLIT_SIZES)
-
-
-def compose_config(config_name: str, output_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/<config_name>.yaml like Hydra's main would, with `output_dir` as run dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir / "logs")
-    return cfg
 
 
 def tiny_data_overrides(csv_path: Path) -> list[str]:

@@ -12,10 +12,11 @@ from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.classes import EMOTIONS
+from fer_lightning.config import CONF_DIR
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.errors import FERUserError
 from fer_lightning.training import build_data_and_system
-from tests.conftest import CONF_DIR, compose_config, run_script
+from tests.conftest import compose_config, run_script
 
 
 def _options(group: str) -> list[str]:
