@@ -12,6 +12,7 @@ from fer_lightning.builders import build_trainer
 from fer_lightning.checkpoint import read_checkpoint, run_config, system_from_checkpoint
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
+from fer_lightning.tta import check_tta_mode
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,21 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("test")
     system = system_from_checkpoint(checkpoint, cfg.ckpt_path)
+    system.tta = check_tta_mode(cfg.tta)
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
     trainer.test(system, dataloaders=datamodule.dataloader(cfg.split), verbose=False)
 
-    extra = {"split": cfg.split, "ckpt_path": str(Path(cfg.ckpt_path).expanduser())}
+    extra = {
+        "split": cfg.split,
+        "tta": cfg.tta,
+        "ckpt_path": str(Path(cfg.ckpt_path).expanduser()),
+    }
     report = publish_report(
         system.test_confusion.cpu().numpy(),
         datamodule.class_names,
         cfg.paths.output_dir,
         extra,
-        title=f"{cfg.ckpt_path} on split '{cfg.split}':",
+        title=f"{cfg.ckpt_path} on split '{cfg.split}' (tta={cfg.tta}):",
     )
     log.info("Report written to %s", cfg.paths.output_dir)
     return report

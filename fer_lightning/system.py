@@ -23,6 +23,7 @@ from torchmetrics.classification import (
 
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE
 from fer_lightning.errors import FERUserError
+from fer_lightning.tta import tta_log_probabilities
 
 SCHEDULER_INTERVALS = ("epoch", "step")
 PER_CLASS_METRICS = ("precision", "recall", "f1")
@@ -105,6 +106,8 @@ class FERSystem(pl.LightningModule):
         # K x K int64, rows = true class; set after each val / test epoch for reports and plots.
         self.val_confusion: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
+        # test-time augmentation for test/predict; an evaluation choice, so not a hyper-parameter
+        self.tta = "none"
 
     @staticmethod
     def _validate_args(
@@ -138,6 +141,12 @@ class FERSystem(pl.LightningModule):
         """Logits of the net, shape (N, num_classes)."""
         return self.net(x)
 
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for test/predict: the net's own, or log mean probabilities over TTA views."""
+        if self.tta == "none":
+            return self(images)
+        return tta_log_probabilities(self, images, self.tta)
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class-weighted, optionally label-smoothed cross-entropy."""
         return F.cross_entropy(
@@ -148,11 +157,15 @@ class FERSystem(pl.LightningModule):
         )
 
     def _shared_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        stage: str,
+        metrics: MetricCollection,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Forward, loss and metric update for one batch; logs the epoch-mean loss."""
+        """Forward (the net's, or `forward`), loss and metric update; logs the epoch-mean loss."""
         images, targets = batch
-        logits = self(images)
+        logits = (forward or self)(images)
         loss = self.loss(logits, targets)
         metrics.update(logits, targets)
         self.log(
@@ -175,12 +188,12 @@ class FERSystem(pl.LightningModule):
         self._shared_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test", self.test_metrics)
+        self._shared_step(batch, "test", self.test_metrics, self.evaluation_logits)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Softmax probabilities; accepts ``images`` or ``(images, labels)`` batches."""
         images = batch[0] if isinstance(batch, list | tuple) else batch
-        return torch.softmax(self(images), dim=1)
+        return torch.softmax(self.evaluation_logits(images), dim=1)
 
     def on_train_start(self) -> None:
         # The sanity check ran validation already; its scores must not count as "best".

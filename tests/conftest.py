@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from fer_lightning.config import ROOT, compose_config
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
+from fer_lightning.training import train
 
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
@@ -51,6 +52,35 @@ def train_cfg(tmp_path: Path, tiny_csv: Path) -> Callable[..., DictConfig]:
         )
 
     return make
+
+
+LIMITED_RUN = (
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=2",
+    "callbacks.tensorboard_extras.num_samples=8",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_csv) -> Path:
+    """One short real training run of the baseline on the tiny csv, shared by many tests."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose_config(
+        "train",
+        run_dir,
+        [*tiny_data_overrides(tiny_csv), "seed=0", *LIMITED_RUN],
+    )
+    metrics = train(cfg)
+    assert "val/acc_best" in metrics and "test/acc" in metrics
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(trained_run: Path) -> Path:
+    """The best checkpoint of `trained_run`."""
+    return trained_run / "checkpoints" / "best.ckpt"
 
 
 def run_script(

@@ -16,29 +16,7 @@ from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import train
-from tests.conftest import compose_config, run_script, tiny_data_overrides
-
-LIMITED_RUN = (
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=4",
-    "trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=2",
-    "callbacks.tensorboard_extras.num_samples=8",
-)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_csv) -> Path:
-    """One short real training run of the baseline, shared by the checks below."""
-    run_dir = tmp_path_factory.mktemp("trained")
-    cfg = compose_config(
-        "train",
-        run_dir,
-        [*tiny_data_overrides(tiny_csv), "seed=0", *LIMITED_RUN],
-    )
-    metrics = train(cfg)
-    assert "val/acc_best" in metrics and "test/acc" in metrics
-    return run_dir
+from tests.conftest import LIMITED_RUN, compose_config, run_script
 
 
 @pytest.mark.parametrize("model", ["baseline", "deep"])

@@ -1,0 +1,60 @@
+"""Test-time augmentation: the views, the averaging, and evaluate.py's `tta=` option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fer_lightning.errors import FERUserError
+from fer_lightning.evaluation import evaluate
+from fer_lightning.tta import TEN_CROP_SIZE, tta_log_probabilities, views
+from tests.conftest import compose_config
+
+
+def test_flip_views_are_the_image_and_its_mirror():
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    original, mirrored = views(images, "flip")
+    assert torch.equal(original, images)
+    assert torch.equal(mirrored[..., 0], images[..., -1])
+
+
+def test_tencrop_views_are_corner_and_centre_crops_and_their_mirrors():
+    images = torch.rand(3, 1, 48, 48)
+    crops = views(images, "tencrop")
+    assert len(crops) == 10
+    assert all(crop.shape == images.shape for crop in crops)
+    # a crop of 44 px resized to 48 keeps the crop's corner pixel in place (align_corners=False)
+    top_left = torch.nn.functional.interpolate(
+        images[..., :TEN_CROP_SIZE, :TEN_CROP_SIZE], size=(48, 48), mode="bilinear"
+    )
+    assert torch.allclose(crops[0], top_left)
+    assert torch.equal(crops[5], crops[0].flip(-1))
+
+
+def test_tta_averages_probabilities_over_views():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images = torch.rand(5, 1, 4, 4)
+    log_probabilities = tta_log_probabilities(net, images, "flip")
+    expected = (net(images).softmax(1) + net(images.flip(-1)).softmax(1)) / 2
+    assert torch.allclose(log_probabilities.exp(), expected, atol=1e-6)
+    assert torch.allclose(
+        tta_log_probabilities(net, images, "none").exp(), net(images).softmax(1), atol=1e-6
+    )
+
+
+def test_unknown_tta_mode_is_a_user_error():
+    with pytest.raises(FERUserError, match="tta='mirror' is not one of"):
+        views(torch.zeros(1, 1, 48, 48), "mirror")
+
+
+@pytest.mark.parametrize("mode", ["flip", "tencrop"])
+def test_evaluate_with_tta(trained_checkpoint, tmp_path, mode):
+    cfg = compose_config("evaluate", tmp_path, [f"ckpt_path={trained_checkpoint}", f"tta={mode}"])
+    report = evaluate(cfg)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["tta"] == mode
+    assert written["accuracy"] == pytest.approx(report["accuracy"])
+    assert sum(values["support"] for values in written["per_class"].values()) == 70
