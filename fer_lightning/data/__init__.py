@@ -7,9 +7,11 @@ from fer_lightning.data.datamodule import (
     FER2013DataModule,
     FER2013FoldersDataModule,
     FERDataset,
+    FERPlusDataModule,
     SyntheticFER2013DataModule,
 )
 from fer_lightning.data.fer2013_csv import SPLITS, SplitArrays, load_fer2013_csv
+from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus, majority_labels
 from fer_lightning.data.folders import (
     load_fer2013_folders,
     stratified_split_indices,
@@ -21,17 +23,21 @@ from fer_lightning.data.transforms import AUGMENT_KNOBS, build_transform
 __all__ = [
     "AUGMENT_KNOBS",
     "CLASS_WEIGHTING_MODES",
+    "FERPLUS_CLASSES",
     "SPLITS",
     "SPLIT_NAMES",
     "FER2013DataModule",
     "FER2013FoldersDataModule",
     "FERDataset",
+    "FERPlusDataModule",
     "SplitArrays",
     "SyntheticFER2013DataModule",
     "build_transform",
     "class_weights",
     "load_fer2013_csv",
     "load_fer2013_folders",
+    "load_ferplus",
+    "majority_labels",
     "stratified_split_indices",
     "stratified_val_counts",
     "write_synthetic_fer2013_csv",

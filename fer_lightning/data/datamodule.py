@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from fer_lightning.classes import EMOTIONS, NUM_CLASSES
 from fer_lightning.data.class_weights import CLASS_WEIGHTING_MODES, class_weights
 from fer_lightning.data.fer2013_csv import SplitArrays, load_fer2013_csv
+from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus
 from fer_lightning.data.folders import load_fer2013_folders
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.data.transforms import build_transform
@@ -63,6 +64,7 @@ class FER2013DataModule(pl.LightningDataModule):
         class_weighting: str = "none",
         augment: dict | None = None,
         eval_batch_size: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         # collects the arguments of subclasses too; then plain containers for weights_only loads
@@ -72,6 +74,11 @@ class FER2013DataModule(pl.LightningDataModule):
             raise FERUserError(
                 f"batch sizes must be >= 1, got batch_size={batch_size}, "
                 f"eval_batch_size={eval_batch_size}"
+            )
+        if num_classes is not None and num_classes != len(self.class_names):
+            raise FERUserError(
+                f"data.num_classes={num_classes}, but {type(self).__name__} has "
+                f"{len(self.class_names)} classes ({', '.join(self.class_names)})"
             )
         if num_workers < 0:
             raise FERUserError(f"num_workers must be >= 0, got {num_workers}")
@@ -201,6 +208,23 @@ def _reject_csv_path(csv_path: str | None, source: str, instead: str) -> None:
     if csv_path is not None:
         raise FERUserError(
             f"csv_path={csv_path!r} is not used by {source}; set {instead} (and csv_path=null)"
+        )
+
+
+class FERPlusDataModule(FER2013DataModule):
+    """FER2013's images with FER+ majority-vote labels: 8 classes, contempt included."""
+
+    class_names: tuple[str, ...] = FERPLUS_CLASSES
+    num_classes: int = len(FERPLUS_CLASSES)
+
+    def __init__(self, csv_path: str, ferplus_csv: str, **kwargs: Any) -> None:
+        super().__init__(csv_path=csv_path, **kwargs)
+
+    def load_arrays(self) -> dict[str, SplitArrays]:
+        return load_ferplus(
+            _absolute(self.hparams.csv_path),
+            _absolute(self.hparams.ferplus_csv),
+            self.hparams.cache_dir,
         )
 
 

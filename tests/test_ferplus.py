@@ -1,0 +1,107 @@
+"""FER+ majority labels on FER2013 pixels: the voting rule, the files' checks, `data=ferplus`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra.errors import InstantiationException
+
+from fer_lightning.data import FERPLUS_CLASSES, load_fer2013_csv, load_ferplus, majority_labels
+from fer_lightning.data.ferplus import NO_MAJORITY, VOTE_COLUMNS
+from fer_lightning.errors import DataFormatError, FERUserError
+from fer_lightning.training import train
+
+
+def _votes(**counts: int) -> list[int]:
+    return [counts.get(column, 0) for column in VOTE_COLUMNS]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (_votes(neutral=6, surprise=1, sadness=1, unknown=2), 0),  # single votes are outliers
+        (_votes(neutral=4, sadness=1, anger=3, disgust=2), NO_MAJORITY),  # 4 of 9: no majority
+        (_votes(happiness=5, surprise=5), NO_MAJORITY),  # a tie is not more than half
+        (_votes(contempt=7, anger=3), FERPLUS_CLASSES.index("Contempt")),
+        (_votes(unknown=8, fear=2), NO_MAJORITY),
+        (_votes(NF=10), NO_MAJORITY),
+    ],
+)
+def test_majority_rule(row, expected):
+    assert majority_labels(np.array([row])).tolist() == [expected]
+
+
+def _write_votes(tiny_csv: Path, path: Path, rows: list[list[int]] | None = None) -> Path:
+    """A fer2013new.csv for `tiny_csv`: row i votes for FER+ class i % 8, every 9th row NF."""
+    usage = pd.read_csv(tiny_csv, usecols=["Usage"])["Usage"]
+    if rows is None:
+        rows = [
+            _votes(NF=10) if index % 9 == 8 else _votes(**{VOTE_COLUMNS[index % 8]: 10})
+            for index in range(len(usage))
+        ]
+    table = pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
+    table.insert(0, "Image name", [f"fer{index:07d}.png" for index in range(len(usage))])
+    table.insert(0, "Usage", usage)
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_load_ferplus_relabels_and_drops(tiny_csv, tmp_path):
+    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    splits = load_ferplus(tiny_csv, votes_csv)
+    usage = pd.read_csv(tiny_csv, usecols=["Usage"])["Usage"].to_numpy()
+    fer2013 = load_fer2013_csv(tiny_csv)
+    for name, split in (("Training", "train"), ("PublicTest", "val"), ("PrivateTest", "test")):
+        rows = np.flatnonzero(usage == name)
+        expected = np.array([row % 8 for row in rows if row % 9 != 8])
+        np.testing.assert_array_equal(splits[split].labels, expected)
+        kept = np.array([row % 9 != 8 for row in rows])
+        np.testing.assert_array_equal(splits[split].images, fer2013[split].images[kept])
+
+
+def test_ferplus_file_errors_name_file_line_and_field(tiny_csv, tmp_path):
+    with pytest.raises(FERUserError, match=r"fer2013new\.csv does not exist"):
+        load_ferplus(tiny_csv, tmp_path / "fer2013new.csv")
+    bad = _write_votes(tiny_csv, tmp_path / "bad.csv")
+    lines = bad.read_text().splitlines()
+    lines[3] = lines[3].rsplit(",", 1)[0] + ",x"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=r"bad.csv:4: field 'NF'.*'x'"):
+        load_ferplus(tiny_csv, bad)
+    short = tmp_path / "short.csv"
+    pd.read_csv(_write_votes(tiny_csv, tmp_path / "full.csv")).iloc[:-1].to_csv(short, index=False)
+    with pytest.raises(DataFormatError, match="do not describe the same images"):
+        load_ferplus(tiny_csv, short)
+
+
+def test_ferplus_config_trains_eight_classes(train_cfg, tiny_csv, tmp_path):
+    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    cfg = train_cfg("data=ferplus", f"data.ferplus_csv={votes_csv}", "debug=fdr")
+    assert cfg.model.net.num_classes == 8
+    train(cfg)
+    report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert list(report["per_class"]) == list(FERPLUS_CLASSES)
+
+
+def test_num_classes_must_match_the_data(train_cfg):
+    # Hydra wraps errors raised while instantiating; the CLI unwraps them into one line
+    with pytest.raises(InstantiationException, match=r"data\.num_classes=8, but"):
+        train(train_cfg("data.num_classes=8", "debug=fdr"))
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not os.environ.get("FER2013_CSV"), reason="set FER2013_CSV to the real csv")
+def test_real_ferplus_majority_counts():
+    """Regression check of the majority protocol on the real files (counts of this copy)."""
+    votes_csv = Path(os.environ["FER2013_CSV"]).with_name("fer2013new.csv")
+    if not votes_csv.is_file():
+        pytest.skip(f"{votes_csv} not found")
+    splits = load_ferplus(os.environ["FER2013_CSV"], votes_csv)
+    assert {split: len(arrays.labels) for split, arrays in splits.items()} == {
+        "train": 25060, "val": 3199, "test": 3153,
+    }  # fmt: skip
