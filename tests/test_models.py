@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fer_lightning.models import BaselineCNN, DeepConcatNet
+from fer_lightning.models import BaselineCNN, DeepConcatNet, ResNet18FER
 
 # Seed 004's layer table: Keras layer name -> (output shape without batch, NHWC; Keras param #).
 # Keras names in snake case name the submodule; ``conv2d_8`` is the row the table dropped.
@@ -205,3 +205,17 @@ def test_baseline_backward_with_three_channels() -> None:
     assert logits.shape == (2, 7)
     nn.functional.cross_entropy(logits, torch.tensor([3, 6])).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_resnet18_fer_counts_shapes_and_gradients() -> None:
+    net = ResNet18FER(in_channels=1)
+    # torchvision resnet18 (11,689,512) - 7x7x3 stem (9,408) - 1000-way fc (513,000)
+    # + 3x3x1 stem (576) + 7-way fc (3,591)
+    assert sum(p.numel() for p in net.parameters()) == 11_171_271
+    images = torch.randn(2, 1, 48, 48)
+    assert net.stages(net.stem(images)).shape == (2, 512, 6, 6)
+    logits = net(images)
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert ResNet18FER(stem_stride=2).stages(torch.zeros(1, 64, 24, 24)).shape[-1] == 3
