@@ -1,0 +1,34 @@
+"""Trained weights shipped inside the package, loaded offline as `ckpt_path=pretrained:<name>`.
+
+Each `<name>.pt` is a slimmed checkpoint: the system's state dict (fp16 where that costs nothing),
+its primitive hyper-parameters and the training run's resolved config, so the normal checkpoint
+loader rebuilds it with torch's `weights_only` loader and no other file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fer_lightning.errors import FERUserError
+
+PREFIX = "pretrained:"
+WEIGHTS_DIR = Path(__file__).resolve().parent
+
+
+def available() -> list[str]:
+    """Names of the shipped weights."""
+    return sorted(path.stem for path in WEIGHTS_DIR.glob("*.pt"))
+
+
+def resolve(ckpt_path: str | os.PathLike) -> Path:
+    """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
+    text = str(ckpt_path)
+    if not text.startswith(PREFIX):
+        return Path(text).expanduser()
+    name = text.removeprefix(PREFIX)
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        shipped = ", ".join(available()) or "none yet"
+        raise FERUserError(f"no pretrained weights named {name!r} are shipped (shipped: {shipped})")
+    return path

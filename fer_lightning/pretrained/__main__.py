@@ -1,0 +1,54 @@
+"""Maintainer tool: ship a training checkpoint as `pretrained:<name>`.
+
+    python -m fer_lightning.pretrained <run>/checkpoints/best.ckpt <name> [--fp16]
+
+Writes fer_lightning/pretrained/<name>.pt (atomically) and prints its size and sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from typing import Any
+
+import torch
+
+from fer_lightning.checkpoint import RUN_CONFIG_KEY, read_checkpoint
+from fer_lightning.cli import exit_on_user_error
+from fer_lightning.data.fer2013_csv import write_atomically
+from fer_lightning.pretrained import WEIGHTS_DIR
+
+
+def slim(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
+    """A Lightning checkpoint without optimizer/loop state; float weights in fp16 if `half`."""
+    state = {
+        key: value.half() if half and value.is_floating_point() else value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    return {
+        "state_dict": state,
+        "hyper_parameters": checkpoint["hyper_parameters"],
+        RUN_CONFIG_KEY: checkpoint[RUN_CONFIG_KEY],
+    }
+
+
+def ship(ckpt: str, name: str, half: bool) -> None:
+    """Write the slimmed checkpoint into the package and print its size and digest."""
+    shipped = slim(read_checkpoint(ckpt), half)
+    target = WEIGHTS_DIR / f"{name}.pt"
+    write_atomically(target, lambda file: torch.save(shipped, file))
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    print(f"{target} {target.stat().st_size:,} bytes sha256 {digest}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ckpt", help="a training checkpoint (e.g. <run>/checkpoints/best.ckpt)")
+    parser.add_argument("name", help="ships as fer_lightning/pretrained/<name>.pt")
+    parser.add_argument("--fp16", action="store_true", help="store float weights in fp16")
+    args = parser.parse_args()
+    exit_on_user_error(ship, args.ckpt, args.name, args.fp16)
+
+
+if __name__ == "__main__":
+    main()
