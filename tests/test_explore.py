@@ -1,0 +1,119 @@
+"""explore: every figure is written as a real PNG for a csv and for a trained checkpoint, the
+curves come from the run's metrics.csv, and the figures reach the run's TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fer_lightning.config import compose_config
+from fer_lightning.errors import FERUserError
+from fer_lightning.explore import explore, read_epoch_metrics
+from tests.test_predict import run_module
+
+DATA_FIGURES = ("examples_per_emotion", "one_per_emotion", "class_distribution", "mean_faces")
+MODEL_FIGURES = ("training_curves", "prediction_panels", "confident_mistakes")
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tmp_path_factory, trained_run) -> Path:
+    """The best checkpoint of a copy of the shared training run (explore logs into its
+    TensorBoard folder, which other tests read)."""
+    copy = shutil.copytree(trained_run, tmp_path_factory.mktemp("explored") / "run")
+    return copy / "checkpoints" / "best.ckpt"
+
+
+def assert_png(path, min_height: int = 100, min_width: int = 200) -> None:
+    """A decodable picture of a plausible size with more than one colour in it."""
+    image = cv2.imread(str(path))
+    assert image is not None, path
+    assert image.shape[0] >= min_height and image.shape[1] >= min_width, (path, image.shape)
+    assert image.std() > 10, path
+
+
+def test_cli_writes_the_data_figures_of_a_csv(tiny_csv, tmp_path):
+    result = run_module(
+        "fer_lightning.explore",
+        f"csv_path={tiny_csv}",
+        "cache_dir=null",
+        "num_examples=3",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in DATA_FIGURES:
+        assert_png(tmp_path / f"{name}.png")
+    assert not any((tmp_path / f"{name}.png").exists() for name in MODEL_FIGURES)
+    # seven rows of three examples: taller than wide
+    height, width = cv2.imread(str(tmp_path / "examples_per_emotion.png")).shape[:2]
+    assert height > width
+
+
+def test_checkpoint_adds_model_figures_and_logs_all_to_tensorboard(run_checkpoint, tmp_path):
+    cfg = compose_config(
+        "explore",
+        tmp_path,
+        [f"ckpt_path={run_checkpoint}", "image_indices=[0,5]", "num_mistakes=4"],
+    )
+    written = explore(cfg)
+    assert set(written) == {*DATA_FIGURES, *MODEL_FIGURES}
+    for name in (*DATA_FIGURES, *MODEL_FIGURES):
+        assert written[name] == tmp_path / f"{name}.png"
+        assert_png(written[name])
+    # two image + probability-bar rows
+    height, width = cv2.imread(str(written["prediction_panels"])).shape[:2]
+    assert height > 400 and width > height
+
+    events = EventAccumulator(
+        str(run_checkpoint.parents[1] / "tensorboard"), size_guidance={"images": 0}
+    )
+    events.Reload()
+    logged = {tag for tag in events.Tags()["images"] if tag.startswith("explore/")}
+    assert logged == {f"explore/{name}" for name in (*DATA_FIGURES, *MODEL_FIGURES)}
+
+
+def test_run_without_csv_logs_skips_the_curves_with_a_message(run_checkpoint, tmp_path, caplog):
+    copied = tmp_path / "bare_run" / "checkpoints" / "best.ckpt"
+    copied.parent.mkdir(parents=True)
+    shutil.copy(run_checkpoint, copied)
+    cfg = compose_config("explore", tmp_path / "out", [f"ckpt_path={copied}"])
+    with caplog.at_level(logging.WARNING, logger="fer_lightning.explore"):
+        written = explore(cfg)
+    assert "training_curves" not in written
+    assert {"prediction_panels", "confident_mistakes"} <= set(written)
+    assert "No training curves" in caplog.text and "csv/metrics.csv" in caplog.text
+    assert not (tmp_path / "bare_run" / "tensorboard").exists()
+
+
+def test_epoch_metrics_take_each_epochs_logged_values(tmp_path):
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text(
+        "epoch,step,lr-Adam,train/acc,train/loss,val/acc,val/loss\n"
+        ",0,0.001,,,,\n"
+        "0,4,,,,0.30,1.90\n"
+        "0,4,,0.25,1.95,,\n"
+        "1,9,,,,0.40,1.80\n"
+        "1,9,,0.35,1.85,,\n"
+    )
+    epochs = read_epoch_metrics(metrics_csv)
+    assert list(epochs.index) == [0, 1]
+    np.testing.assert_allclose(epochs["train/loss"], [1.95, 1.85])
+    np.testing.assert_allclose(epochs["val/acc"], [0.30, 0.40])
+
+
+def test_mistakes_of_the_options_are_user_errors(run_checkpoint, tmp_path):
+    out_of_range = compose_config(
+        "explore", tmp_path, [f"ckpt_path={run_checkpoint}", "image_indices=[0,70]"]
+    )
+    with pytest.raises(FERUserError, match=r"image_indices=\[0, 70\].*0\.\.69"):
+        explore(out_of_range)
+    with pytest.raises(FERUserError, match="explore needs csv_path="):
+        explore(compose_config("explore", tmp_path, []))
+    with pytest.raises(FERUserError, match="split='dev' must be one of"):
+        explore(compose_config("explore", tmp_path, ["split=dev", "csv_path=x.csv"]))
+    assert not list(tmp_path.glob("*.png"))

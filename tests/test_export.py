@@ -1,0 +1,175 @@
+"""export: ONNX and TorchScript files with a dynamic batch axis, parity with PyTorch, metadata that
+predict reads back, and prediction from the ONNX file equal to the checkpoint's."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fer_lightning.classes import EMOTIONS
+from fer_lightning.config import compose_config
+from fer_lightning.data import load_fer2013_csv
+from fer_lightning.errors import FERUserError
+from fer_lightning.export import (
+    BATCH_AXIS,
+    MIN_OPSET,
+    export,
+    onnx_bytes,
+    parity_gap,
+    torchscript_bytes,
+)
+from fer_lightning.inference import (
+    OnnxClassifier,
+    TorchClassifier,
+    classifier_from_bytes,
+    load_classifier,
+    model_metadata,
+)
+from fer_lightning.models import DeepConcatNet
+from fer_lightning.predict import predict
+from tests.test_predict import run_module
+
+PARITY = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained_checkpoint) -> dict:
+    """The trained checkpoint exported once per format, into each export run's default file."""
+    files = {}
+    for model_format in ("onnx", "torchscript"):
+        run_dir = tmp_path_factory.mktemp(model_format)
+        cfg = compose_config(
+            "export", run_dir, [f"ckpt_path={trained_checkpoint}", f"format={model_format}"]
+        )
+        files[model_format] = export(cfg)
+    return files
+
+
+def random_inputs(batch: int, channels: int = 1) -> np.ndarray:
+    generator = torch.Generator().manual_seed(batch)
+    return (torch.rand(batch, channels, 48, 48, generator=generator) * 2 - 1).numpy()
+
+
+@pytest.mark.parametrize(
+    ("model_format", "name"), [("onnx", "model.onnx"), ("torchscript", "model.pt")]
+)
+def test_exported_model_matches_pytorch_for_any_batch_size(
+    exported, trained_checkpoint, model_format, name
+):
+    path = exported[model_format]
+    assert path.name == name
+    model = load_classifier(path)
+    reference = load_classifier(trained_checkpoint)
+    assert (model.class_names, model.in_channels) == (list(EMOTIONS), 1)
+    for batch in (5, 1, 13):  # exported with 8: the batch axis must be dynamic
+        inputs = random_inputs(batch)
+        assert np.abs(model.logits(inputs) - reference.logits(inputs)).max() < PARITY
+
+
+def test_onnx_file_declares_a_symbolic_batch_axis_and_a_recent_opset(exported):
+    model = onnx.load(exported["onnx"])
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == BATCH_AXIS
+    assert max(opset.version for opset in model.opset_import if opset.domain == "") >= MIN_OPSET
+    assert json.loads({p.key: p.value for p in model.metadata_props}["fer_lightning"]) == {
+        "class_names": list(EMOTIONS),
+        "in_channels": 1,
+    }
+
+
+def test_predict_from_onnx_gives_the_checkpoint_predictions(
+    exported, trained_checkpoint, tiny_csv, tmp_path
+):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for index, image in enumerate(load_fer2013_csv(tiny_csv)["test"].images[:20]):
+        cv2.imwrite(str(folder / f"{index:02d}.png"), image)
+    assert isinstance(load_classifier(exported["onnx"]), OnnxClassifier)
+
+    def predictions(model) -> list[dict]:
+        cfg = compose_config(
+            "predict",
+            tmp_path / model.suffix[1:],
+            [f"source={folder}", f"ckpt_path={model}", "detect=false"],
+        )
+        return [json.loads(line) for line in predict(cfg).read_text().splitlines()]
+
+    from_onnx, from_checkpoint = predictions(exported["onnx"]), predictions(trained_checkpoint)
+    assert [line["label"] for line in from_onnx] == [line["label"] for line in from_checkpoint]
+    for onnx_line, checkpoint_line in zip(from_onnx, from_checkpoint, strict=True):
+        assert onnx_line["source"] == checkpoint_line["source"]
+        np.testing.assert_allclose(
+            list(onnx_line["probabilities"].values()),
+            list(checkpoint_line["probabilities"].values()),
+            atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "torchscript"])
+def test_deep_net_exports_with_parity(model_format):
+    net = DeepConcatNet(in_channels=3).eval()
+    example = torch.from_numpy(random_inputs(8, channels=3))
+    metadata = model_metadata(EMOTIONS, 3)
+    data = (
+        onnx_bytes(net, example, metadata)
+        if model_format == "onnx"
+        else torchscript_bytes(net, example, metadata)
+    )
+    model = classifier_from_bytes(data, model_format, f"deep.{model_format}")
+    assert model.in_channels == 3
+    reference = TorchClassifier(net, EMOTIONS, 3)
+    assert parity_gap(reference, model, random_inputs(4, channels=3)) < PARITY
+
+
+def test_failed_parity_exits_non_zero_and_writes_nothing(trained_checkpoint, tmp_path):
+    output = tmp_path / "model.onnx"
+    result = run_module(
+        "fer_lightning.export",
+        f"ckpt_path={trained_checkpoint}",
+        "tolerance=0",  # no logit difference is below 0
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "failed the parity check: max |delta logit| =" in line
+    assert not output.exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_output_suffix_must_name_the_format(trained_checkpoint, tmp_path):
+    cfg = compose_config(
+        "export",
+        tmp_path,
+        [
+            f"ckpt_path={trained_checkpoint}",
+            "format=torchscript",
+            f"output={tmp_path / 'model.onnx'}",
+        ],
+    )
+    with pytest.raises(FERUserError, match=r"must end in \.pt for format=torchscript"):
+        export(cfg)
+
+
+def test_foreign_or_broken_model_files_are_one_line_errors(exported, tmp_path):
+    stripped = onnx.load(exported["onnx"])
+    del stripped.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(stripped, foreign)
+    with pytest.raises(FERUserError, match="has no fer-lightning metadata"):
+        load_classifier(foreign)
+    for suffix, kind in ((".onnx", "ONNX"), (".pt", "TorchScript")):
+        broken = tmp_path / f"broken{suffix}"
+        broken.write_bytes(b"\x00 not a model")
+        with pytest.raises(FERUserError, match=f"not a readable {kind} model"):
+            load_classifier(broken)
+    keras = tmp_path / "model.h5"
+    keras.write_bytes(b"")
+    with pytest.raises(FERUserError, match=r"unknown model file type '\.h5'"):
+        load_classifier(keras)

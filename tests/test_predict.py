@@ -1,0 +1,315 @@
+"""predict: faces found by the real Haar cascade and by an injected detector, photos, folders,
+videos (the frame loop webcams use too), detect=false crops equal to evaluate's path, and
+one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from fer_lightning import pretrained
+from fer_lightning.checkpoint import read_checkpoint, system_from_checkpoint
+from fer_lightning.classes import EMOTIONS
+from fer_lightning.config import ROOT, compose_config
+from fer_lightning.data import load_fer2013_csv
+from fer_lightning.errors import FERUserError
+from fer_lightning.inference import datamodule_from_checkpoint, load_classifier
+from fer_lightning.predict import (
+    FacePredictor,
+    Frame,
+    HaarFaceDetector,
+    LiveWindow,
+    Tally,
+    crop_face,
+    open_capture,
+    parse_source,
+    predict,
+    source_argv,
+    source_files,
+    write_predictions,
+)
+
+FACE_SIDE = 160  # synthetic 48x48 faces are upscaled to this in generated scenes
+FACE_TOP = 40
+FACE_LEFTS = (40, 280)
+SCENE_SHAPE = (240, 480)
+
+
+@pytest.fixture(scope="module")
+def big_faces(tiny_csv) -> list[np.ndarray]:
+    """Two synthetic faces that OpenCV's real Haar cascade finds when each is alone in a scene
+    (most synthetic faces are found; the cascade was trained on photos, so not every one is)."""
+    detector = HaarFaceDetector()
+    found = [
+        face
+        for face in load_fer2013_csv(tiny_csv)["train"].images[:20]
+        if len(detector(scene([face]))) == 1
+    ]
+    assert len(found) >= 2
+    return found[:2]
+
+
+def scene(faces: list[np.ndarray], shift: int = 0) -> np.ndarray:
+    """A gray 240x480 picture with the faces upscaled side by side, moved right by `shift`."""
+    canvas = np.full(SCENE_SHAPE, 110, np.uint8)
+    for face, left in zip(faces, FACE_LEFTS, strict=False):
+        big = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
+        canvas[FACE_TOP : FACE_TOP + FACE_SIDE, left + shift : left + shift + FACE_SIDE] = big
+    return canvas
+
+
+def overlap(box: list[int], other: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x, y, width, height) boxes."""
+    (x, y, w, h), (u, v, p, q) = box, other
+    width = max(0, min(x + w, u + p) - max(x, u))
+    height = max(0, min(y + h, v + q) - max(y, v))
+    intersection = width * height
+    return intersection / (w * h + p * q - intersection)
+
+
+def predict_cfg(run_dir: Path, source: Path | str, trained_checkpoint: Path, *overrides: str):
+    return compose_config(
+        "predict", run_dir, [f"source={source}", f"ckpt_path={trained_checkpoint}", *overrides]
+    )
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_valid_prediction(line: dict) -> None:
+    assert set(line) == {"source", "frame", "box", "label", "probabilities"}
+    assert list(line["probabilities"]) == list(EMOTIONS)
+    assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert line["label"] == max(line["probabilities"], key=line["probabilities"].get)
+
+
+def test_real_cascade_finds_both_faces_in_a_photo(trained_checkpoint, big_faces, tmp_path):
+    photo = tmp_path / "two faces.png"
+    cv2.imwrite(str(photo), scene(big_faces))
+    output = predict(predict_cfg(tmp_path / "run", photo, trained_checkpoint, "annotate=true"))
+
+    lines = read_lines(output)
+    assert len(lines) == 2
+    regions = [(left, FACE_TOP, FACE_SIDE, FACE_SIDE) for left in FACE_LEFTS]
+    for line in sorted(lines, key=lambda line: line["box"][0]):
+        assert_valid_prediction(line)
+        assert line["source"] == str(photo) and line["frame"] == 0
+    boxes = sorted(line["box"] for line in lines)
+    assert [max(overlap(box, region) for box in boxes) > 0.5 for region in regions] == [True] * 2
+    annotated = cv2.imread(str(tmp_path / "run" / "annotated" / photo.name))
+    assert annotated.shape == (*SCENE_SHAPE, 3)
+    assert not np.array_equal(annotated, cv2.imread(str(photo)))  # boxes and labels drawn
+
+
+def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, tiny_csv):
+    faces = load_fer2013_csv(tiny_csv)["test"].images[:2]
+    image = np.zeros((100, 200), np.uint8)
+    boxes = [(10, 20, 48, 48), (120, 40, 48, 48)]
+    for face, (x, y, width, height) in zip(faces, boxes, strict=True):
+        image[y : y + height, x : x + width] = face
+    seen_shapes = []
+
+    def two_faces(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        seen_shapes.append(gray.shape)
+        return boxes
+
+    classifier = load_classifier(trained_checkpoint)
+    predictor = FacePredictor(classifier, two_faces, margin=0.0)
+    frame = Frame("scene.png", 0, cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+    [(returned_frame, predictions)] = list(predictor.predict_frames([frame]))
+
+    assert returned_frame is frame and seen_shapes == [(100, 200)]
+    lines = [json.loads(prediction.to_json()) for prediction in predictions]
+    assert [line["box"] for line in lines] == [list(box) for box in boxes]
+    expected = classifier.predict_proba(faces)  # margin 0: the crops are the faces exactly
+    for line, row in zip(lines, expected, strict=True):
+        assert_valid_prediction(line)
+        np.testing.assert_allclose(list(line["probabilities"].values()), row, atol=1e-6)
+
+
+def test_margin_grows_the_box_and_stays_inside_the_image():
+    gray = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120).astype(np.uint8)
+    crop = crop_face(gray, (0, 10, 40, 40), margin=0.25)  # 10 px each side, clipped at x=0
+    expected = cv2.resize(gray[0:60, 0:50], (48, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(crop, expected)
+    assert crop_face(gray, (200, 200, 10, 10), margin=0.1) is None
+
+
+def test_blank_photo_gives_an_empty_result_and_a_message(trained_checkpoint, tmp_path, caplog):
+    photo = tmp_path / "wall.jpg"
+    cv2.imwrite(str(photo), np.full((200, 300, 3), 128, np.uint8))
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        output = predict(predict_cfg(tmp_path / "run", photo, trained_checkpoint))
+    assert output.read_text() == ""
+    assert f"{photo}: no face found" in caplog.text and "detect=false" in caplog.text
+
+
+def test_unreadable_photo_is_a_one_line_error(trained_checkpoint, tmp_path):
+    photo = tmp_path / "broken.jpg"
+    photo.write_bytes(b"this is not a jpeg")
+    result = run_module(
+        "fer_lightning.predict",
+        str(photo),  # the issue's positional form
+        f"ckpt_path={trained_checkpoint}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {photo}: not a readable image (OpenCV cannot decode it)"
+    ]
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_video_frames_are_predicted_in_order_and_annotated(trained_checkpoint, big_faces, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, SCENE_SHAPE[::-1])
+    for shift in range(0, 20, 4):
+        writer.write(cv2.cvtColor(scene(big_faces, shift), cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+    output = predict(predict_cfg(tmp_path / "run", video, trained_checkpoint, "annotate=true"))
+    lines = read_lines(output)
+    frames = [line["frame"] for line in lines]
+    # JPEG compression moves pixels a little, so the cascade may miss a face in some frame
+    assert frames == sorted(frames) and set(frames) == set(range(5)) and len(frames) <= 10
+    for line in lines:
+        assert_valid_prediction(line)
+        assert line["source"] == str(video)
+        shift = 4 * line["frame"]
+        regions = [(left + shift, FACE_TOP, FACE_SIDE, FACE_SIDE) for left in FACE_LEFTS]
+        assert max(overlap(line["box"], region) for region in regions) > 0.5
+    annotated = cv2.VideoCapture(str(tmp_path / "run" / "annotated" / "clip.avi"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    assert (annotated.get(cv2.CAP_PROP_FRAME_HEIGHT), annotated.get(cv2.CAP_PROP_FRAME_WIDTH)) == (
+        SCENE_SHAPE
+    )
+    annotated.release()
+
+    first_two = predict(predict_cfg(tmp_path / "short", video, trained_checkpoint, "max_frames=2"))
+    expected = [line for line in lines if line["frame"] < 2]
+    for line, reference in zip(read_lines(first_two), expected, strict=True):
+        # batches of another size may round the last digits differently
+        assert line["probabilities"] == pytest.approx(reference.pop("probabilities"), abs=1e-6)
+        assert {key: line[key] for key in reference} == reference
+
+
+def test_folder_of_crops_with_detect_false_equals_the_evaluate_path(
+    trained_checkpoint, tiny_csv, tmp_path
+):
+    test_split = load_fer2013_csv(tiny_csv)["test"]
+    folder = tmp_path / "crops"
+    for index, (image, label) in enumerate(zip(test_split.images, test_split.labels, strict=True)):
+        (folder / EMOTIONS[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / EMOTIONS[label] / f"{index:04d}.png"), image)
+    cfg = predict_cfg(tmp_path / "run", folder, trained_checkpoint, "detect=false", "batch_size=16")
+    by_index = {int(Path(line["source"]).stem): line for line in read_lines(predict(cfg))}
+
+    stored = read_checkpoint(trained_checkpoint)
+    system = system_from_checkpoint(stored, trained_checkpoint)
+    datamodule = datamodule_from_checkpoint(stored, {"csv_path": str(tiny_csv)})
+    with torch.no_grad():
+        reference = torch.cat(
+            [
+                system.predict_step(batch, index)
+                for index, batch in enumerate(datamodule.dataloader("test"))
+            ]
+        ).numpy()
+
+    assert sorted(by_index) == list(range(len(test_split.labels)))
+    for index, expected in enumerate(reference):
+        line = by_index[index]
+        assert line["box"] == [0, 0, 48, 48] and line["frame"] == 0
+        assert line["label"] == EMOTIONS[int(expected.argmax())]
+        np.testing.assert_allclose(list(line["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_ctrl_c_ends_a_live_stream_normally_but_not_a_file(trained_checkpoint):
+    predictor = FacePredictor(load_classifier(trained_checkpoint), detector=None)
+    camera_frame = Frame("webcam:0", 0, np.full((48, 48, 3), 90, np.uint8), fps=30.0)
+
+    def frames_until_ctrl_c():
+        yield camera_frame
+        raise KeyboardInterrupt
+
+    file, tally = io.BytesIO(), Tally()
+    live_results = predictor.predict_frames(frames_until_ctrl_c(), flush_every_frame=True)
+    write_predictions(file, live_results, tally, live=True)
+    assert tally == Tally(frames=1, faces=1)
+    assert json.loads(file.getvalue())["source"] == "webcam:0"
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions(io.BytesIO(), predictor.predict_frames(frames_until_ctrl_c()), Tally())
+
+
+def test_a_bare_first_argument_becomes_the_source():
+    parser = OverridesParser.create()
+    for path in ("photo.jpg", "my photo, 2.jpg", "it's[1].png", "C:\\faces\\", "~/a b/c.mp4"):
+        argv = source_argv(["predict", path, "ckpt_path=m.onnx"])
+        assert argv[2] == "ckpt_path=m.onnx"
+        assert parser.parse_override(argv[1]).value() == path
+    for argv in (["predict", "source=x=1.jpg"], ["predict", "-m", "source=a,b"], ["predict"]):
+        assert source_argv(argv) == argv
+
+
+def test_sources_are_webcam_indices_or_paths(tmp_path):
+    assert parse_source(0) == 0 and parse_source("1") == 1
+    assert parse_source("clip.mp4") == Path("clip.mp4")
+    with pytest.raises(FERUserError, match="does not exist"):
+        source_files(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FERUserError, match="holds no images"):
+        source_files(tmp_path / "empty")
+    with pytest.raises(FERUserError, match="cannot open webcam 99"):
+        open_capture(99)
+
+
+@pytest.mark.skipif(
+    not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()), reason="this OpenCV can open windows"
+)
+def test_show_without_gui_support_says_what_to_install():
+    with pytest.raises(FERUserError, match="needs OpenCV with GUI support"):
+        LiveWindow()
+
+
+def test_shipped_weights_load_by_name(trained_checkpoint, tiny_csv, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FERUserError, match="no pretrained weights named 'tiny' are shipped"):
+        load_classifier("pretrained:tiny")
+    shutil.copy(trained_checkpoint, tmp_path / "tiny.pt")
+    faces = load_fer2013_csv(tiny_csv)["test"].images[:8]
+    expected = load_classifier(trained_checkpoint).predict_proba(faces)
+    # by name, and by path: a .pt that is no TorchScript archive is loaded as a checkpoint
+    for shipped in ("pretrained:tiny", tmp_path / "tiny.pt"):
+        np.testing.assert_array_equal(load_classifier(shipped).predict_proba(faces), expected)
+
+
+def test_a_bad_cascade_is_a_user_error(tmp_path):
+    with pytest.raises(FERUserError, match="not a readable Haar cascade"):
+        HaarFaceDetector(cascade=str(tmp_path / "none.xml"))
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <module> ...` in a fresh interpreter from the repo root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
