@@ -57,11 +57,34 @@ def system_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) 
     net = hydra.utils.instantiate(model_cfg.net)
     system_class = hydra.utils.get_class(model_cfg._target_)
     system = system_class(net=net, **checkpoint.get("hyper_parameters", {}))
+    load_weights(system, checkpoint, path)
+    return system.eval()
+
+
+def load_weights(
+    system: LightningModule, checkpoint: dict[str, Any], path: str | os.PathLike
+) -> None:
+    """Load the checkpoint's state dict into ``system``; weights of another shape: one line."""
     try:
         system.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise FERUserError(
-            f"{path}: its weights do not fit the network {model_cfg.net._target_} "
+            f"{path}: its weights do not fit the network {type(system.net).__name__} "
             f"({str(err).splitlines()[0]})"
         ) from err
-    return system.eval()
+
+
+def check_resumable(
+    path: str | os.PathLike, model_cfg: DictConfig, system: LightningModule
+) -> None:
+    """Fail in one line, before Lightning loads ``path`` to resume, when the file is unreadable or
+    holds another network than the one the config names (or one of another shape)."""
+    checkpoint = read_checkpoint(path)
+    stored_net = run_config(checkpoint).model.net._target_
+    if stored_net != model_cfg.net._target_:
+        raise FERUserError(
+            f"{path}: the checkpoint holds a {stored_net} net but the config names "
+            f"model.net._target_={model_cfg.net._target_}; resume with the model it was trained "
+            "with (e.g. model=...), or drop ckpt_path to start a new run"
+        )
+    load_weights(system, checkpoint, path)

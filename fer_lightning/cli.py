@@ -1,20 +1,105 @@
-"""Shared plumbing of the command-line entry points."""
+"""Shared plumbing of the command-line entry points: user mistakes as one line, and multirun jobs
+that fail alone instead of ending the sweep."""
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fer_lightning.data.fer2013_csv import write_atomically
 from fer_lightning.errors import FERUserError
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+FAILED_MARKER = "FAILED"
+
+
+def user_error(error: BaseException) -> FERUserError | None:
+    """The user mistake behind `error`, if any: Hydra wraps errors raised while it instantiates
+    a config node (e.g. a datamodule rejecting batch_size=0) in an InstantiationException."""
+    while error is not None and not isinstance(error, FERUserError):
+        error = error.__cause__
+    return error
 
 
 def exit_on_user_error(task: Callable[..., T], *args: object) -> T:
     """Run `task`; a user mistake becomes one line on stderr and exit status 2, not a traceback."""
     try:
         return task(*args)
-    except FERUserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        mistake = user_error(err)
+        if mistake is None:
+            raise
+        print(f"error: {mistake}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
+    """Run a Hydra task function on `cfg`.
+
+    A single run behaves like :func:`exit_on_user_error`. In a multirun, a failing job (user
+    mistake or crash) is logged and recorded in its folder and returns None, so the other jobs
+    still run: the basic sweeper ignores return values, and the Optuna sweeper marks the trial
+    failed (a NaN would crash it). `ReportFailedJobs` lists the failures at the end.
+    """
+    if not in_multirun():
+        return exit_on_user_error(task, cfg)
+    try:
+        return task(cfg)
+    except Exception as err:  # any failure of one job; KeyboardInterrupt still ends the sweep
+        record_job_failure(err)
+        return None
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (a sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_job_failure(error: Exception) -> None:
+    """Log a failed multirun job and leave a FAILED file in its job folder: the job, a one-line
+    summary and, for errors that are not user mistakes, the traceback."""
+    hydra_cfg = HydraConfig.get()
+    job = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task) or 'no overrides'})"
+    mistake = user_error(error)
+    if mistake is not None:
+        summary, details = str(mistake), ""
+        log.error("%s failed: %s", job, mistake)
+    else:
+        summary = f"{type(error).__name__}: {error}".splitlines()[0]
+        details = "".join(traceback.format_exception(error))
+        log.error("%s failed", job, exc_info=error)
+    marker = Path(hydra_cfg.runtime.output_dir) / FAILED_MARKER
+    write_atomically(marker, lambda file: file.write(f"{job}\n{summary}\n{details}".encode()))
+
+
+class ReportFailedJobs(Callback):
+    """At the end of a multirun, list the jobs that left a FAILED file and exit with status 1.
+
+    Works with any launcher whose jobs write into the sweep folder (basic, submitit on SLURM).
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for stale in Path(config.hydra.sweep.dir).rglob(FAILED_MARKER):  # of an earlier sweep
+            stale.unlink()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failures = sorted(Path(config.hydra.sweep.dir).rglob(FAILED_MARKER))
+        if not failures:
+            return
+        lines = [f"error: {len(failures)} multirun job(s) failed, the others ran to the end:"]
+        for marker in failures:
+            job, summary = [*marker.read_text().splitlines(), ""][:2]
+            lines.append(f"  {job}: {summary} (details: {marker})")
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(1)

@@ -4,6 +4,7 @@ the best checkpoint once (PrivateTest)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,7 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.callbacks import log_hparams_with_metrics
-from fer_lightning.checkpoint import StoreRunConfig
+from fer_lightning.checkpoint import StoreRunConfig, check_resumable
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 
@@ -27,6 +28,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
     datamodule, system = build_data_and_system(cfg)
+    if cfg.get("train") and cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, cfg.model, system)
     run_config = resolved_run_config(cfg)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
     loggers = instantiate_group(cfg.get("logger"))
@@ -83,7 +86,7 @@ def _write_test_report(
     """metrics.json, the text report and the confusion matrix of the test split, in the run dir."""
     extra = {
         "split": "test",
-        "best_checkpoint": best_path,
+        "best_checkpoint": _relative_to(best_path, cfg.paths.output_dir),
         "epochs_trained": trainer.current_epoch,
         "seed": cfg.get("seed"),
         "val": {
@@ -123,9 +126,22 @@ def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _relative_to(path: str, folder: str) -> str:
+    """``path`` relative to ``folder`` when inside it, so identical runs write identical reports."""
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
+
+
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     """Lightning's callback_metrics (scalar tensors) as plain floats."""
     return {key: float(value) for key, value in metrics.items()}
+
+
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """Train, then return the metric a sweep optimises (``optimized_metric``, None when unset)."""
+    return metric_value(train(cfg), cfg.get("optimized_metric"))
 
 
 def metric_value(metrics: dict[str, float], name: str | None) -> float | None:

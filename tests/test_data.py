@@ -234,6 +234,17 @@ def test_empty_and_binary_files(tmp_path: Path, content: bytes, fragment: str) -
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_binary_or_huge_headers_give_a_short_message(tmp_path: Path) -> None:
+    nul = tmp_path / "nul.csv"
+    nul.write_bytes(b"\0" * 100_000)
+    with pytest.raises(DataFormatError, match=r"nul\.csv:1: header holds NUL bytes") as caught:
+        load_fer2013_csv(nul)
+    assert len(str(caught.value)) < 400
+    wide = write_csv(tmp_path / "wide.csv", VALID_ROWS, ",".join(f"c{i}" for i in range(5000)))
+    with pytest.raises(DataFormatError, match=r"unexpected \['c0', 'c1', 'c2', \.\.\. 4997 more\]"):
+        load_fer2013_csv(wide)
+
+
 def test_truncated_gzip(synthetic_csv: Path, tmp_path: Path) -> None:
     path = tmp_path / "cut.csv.gz"
     path.write_bytes(gzip.compress(synthetic_csv.read_bytes())[:-5000])

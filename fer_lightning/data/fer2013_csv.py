@@ -13,8 +13,8 @@ import hashlib
 import logging
 import os
 import queue
-import tempfile
 import threading
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -89,6 +89,14 @@ def _show(raw: bytes | memoryview, limit: int = 40) -> str:
     """Quote a (possibly binary) field value for an error message, truncated to about ``limit``."""
     text = bytes(raw).decode("utf-8", "backslashreplace")
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _show_names(names: list[str], limit: int = 3) -> str:
+    """Quote the first ``limit`` column names, each truncated (binary junk makes huge ones)."""
+    shown = [_show(name.encode(), 20) for name in names[:limit]]
+    if len(names) > limit:
+        shown.append(f"... {len(names) - limit} more")
+    return f"[{', '.join(shown)}]"
 
 
 # ----------------------------------------------------------------------------------- reading bytes
@@ -188,6 +196,10 @@ def _line_blocks(path: Path) -> Iterator[bytes]:
 
 def _parse_header(line: bytes, path: Path) -> tuple[int, int, int]:
     """Return the column indices of emotion, pixels and Usage."""
+    if b"\0" in line:
+        raise DataFormatError(
+            f"{path}:1: header holds NUL bytes, a binary file, is this a csv? (got {_show(line)})"
+        )
     try:
         names = line.rstrip(b"\r").decode("utf-8").split(",")
     except UnicodeDecodeError as exc:
@@ -198,7 +210,7 @@ def _parse_header(line: bytes, path: Path) -> tuple[int, int, int]:
     unexpected = [name for name in names if name not in COLUMNS]
     if missing or unexpected or len(names) != len(COLUMNS):
         problems = [f"missing {missing}"] if missing else []
-        problems += [f"unexpected {unexpected}"] if unexpected else []
+        problems += [f"unexpected {_show_names(unexpected)}"] if unexpected else []
         problems += [] if problems else ["duplicated columns"]
         raise DataFormatError(
             f"{path}:1: header: expected the columns emotion, pixels, Usage; "
@@ -480,14 +492,18 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temp file in ``path``'s directory, then rename it to ``path``, so that
-    readers (and concurrent writers) never see a partial file."""
+    """Call ``write`` on a temp file in ``path``'s directory, flush it to disk, then rename it to
+    ``path``, so that readers (and concurrent writers) never see a partial file and a crash
+    mid-write leaves the previous ``path`` intact. The file gets the usual umask permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    temp_path = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
+    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as temp:
             write(temp)
-        os.replace(temp_name, path)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_path, path)
     except BaseException:
-        os.unlink(temp_name)
+        temp_path.unlink(missing_ok=True)
         raise

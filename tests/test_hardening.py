@@ -1,0 +1,493 @@
+"""Hardening: bad input as one line, crash and resume, failing multirun jobs, determinism, and the
+configs for scaling out (DDP, SLURM, GPU)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from fer_lightning.builders import build_trainer
+from fer_lightning.cli import exit_on_user_error
+from fer_lightning.data import fer2013_csv, load_fer2013_csv
+from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
+from fer_lightning.evaluation import evaluate
+from fer_lightning.resilience import AtomicCheckpointIO
+from fer_lightning.training import train
+from tests.conftest import ROOT, TINY_SPLIT_SIZES, compose_config, run_script, tiny_data_overrides
+from tests.test_data import HEADER, PIXELS, VALID_ROWS, write_folders
+
+# one short epoch: enough to write best.ckpt and last.ckpt
+SHORT_RUN = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+    "~callbacks.tensorboard_extras",
+)
+# Lightning's RichProgressBar hangs DDP runs (Lightning issue #21264); ours does not
+DDP_SAFE_BAR = (
+    "callbacks.rich_progress_bar._target_=fer_lightning.resilience.DistributedRichProgressBar"
+)
+# keeps metrics.csv across a resume into the same run dir
+CONTINUING_CSV = "logger.csv._target_=fer_lightning.resilience.ContinuingCSVLogger"
+
+
+def sweep_data_overrides(csv_path: Path) -> list[str]:
+    """`tiny_data_overrides` without the batch size, which the sweeps set."""
+    return [item for item in tiny_data_overrides(csv_path) if "batch_size" not in item]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def baseline_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> Path:
+    """best.ckpt of a one-epoch baseline run."""
+    run_dir = tmp_path_factory.mktemp("baseline")
+    train(compose_config("train", run_dir, [*tiny_data_overrides(tiny_csv), *SHORT_RUN]))
+    return run_dir / "checkpoints" / "best.ckpt"
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+PIXELS_2303 = PIXELS.rsplit(" ", 1)[0]
+
+
+def csv_with_row(bad_row: str) -> Callable[[Path], Path]:
+    """A csv whose third line (second data row) is `bad_row`."""
+
+    def write(folder: Path) -> Path:
+        path = folder / "fer2013.csv"
+        path.write_text("\n".join([HEADER, VALID_ROWS[0], bad_row, *VALID_ROWS]) + "\n")
+        return path
+
+    return write
+
+
+def csv_with_text(text: str | bytes) -> Callable[[Path], Path]:
+    def write(folder: Path) -> Path:
+        path = folder / "fer2013.csv"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    return write
+
+
+def truncated_gzip(folder: Path) -> Path:
+    path = folder / "fer2013.csv.gz"
+    rows = [HEADER, *VALID_ROWS * 20]
+    path.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode())[:-200])
+    return path
+
+
+# (case, writes the bad csv into a folder and returns its path, fragments of the one error line)
+BAD_CSVS = [
+    ("missing file", lambda folder: folder / "nowhere.csv", ["does not exist", "data=synthetic"]),
+    ("empty file", csv_with_text(""), ["file is empty"]),
+    ("missing column", csv_with_text("emotion,pixels\n"), [":1: header", "missing ['Usage']"]),
+    ("wrong column", csv_with_text("emotion,pixel,Usage\n"), [":1: header", "'pixel'"]),
+    ("extra column", csv_with_text(f"{HEADER},x\n"), [":1: header", "unexpected ['x']"]),
+    ("extra field", csv_with_row(f"3,{PIXELS},Training,x"), [":3: row", "got 4"]),
+    ("2,303 pixels", csv_with_row(f"3,{PIXELS_2303},Training"), [":3: field 'pixels'", "2303"]),
+    ("2,305 pixels", csv_with_row(f"3,{PIXELS} 1,Training"), [":3: field 'pixels'", "2305"]),
+    ("pixel 1.5", csv_with_row(f"3,1.5 {PIXELS_2303},Training"), [":3: field 'pixels'", "'1.5'"]),
+    ("pixel 256", csv_with_row(f"3,256 {PIXELS_2303},Training"), [":3: field 'pixels'", "'256'"]),
+    ("pixel -1", csv_with_row(f"3,-1 {PIXELS_2303},Training"), [":3: field 'pixels'", "'-1'"]),
+    ("emotion 7", csv_with_row(f"7,{PIXELS},Training"), [":3: field 'emotion'", "'7'"]),
+    ("emotion -1", csv_with_row(f"-1,{PIXELS},Training"), [":3: field 'emotion'", "'-1'"]),
+    ("emotion happy", csv_with_row(f"happy,{PIXELS},Training"), [":3: field 'emotion'", "'happy'"]),
+    ("unknown Usage", csv_with_row(f"3,{PIXELS},Dev"), [":3: field 'Usage'", "'Dev'"]),
+    ("empty split", csv_with_text("\n".join([HEADER, *VALID_ROWS[:2]])), ["'PrivateTest'"]),
+    ("truncated gzip", truncated_gzip, ["corrupt or truncated gzip"]),
+    ("binary junk", csv_with_text(bytes(range(128, 256)) * 16), [":1: header", "not UTF-8"]),
+    ("NUL bytes", csv_with_text(b"\0" * 4096), [":1: header", "NUL bytes"]),
+]
+
+
+def assert_one_error_line(stderr: str, fragments: list[str]) -> str:
+    """Exactly one `error:` line holding every fragment, and no traceback."""
+    assert "Traceback" not in stderr
+    (line,) = error_lines(stderr)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("write_csv", "fragments"),
+    [case[1:] for case in BAD_CSVS],
+    ids=[case[0] for case in BAD_CSVS],
+)
+def test_bad_csv_is_one_line_and_writes_nothing(tmp_path, capsys, write_csv, fragments):
+    csv_path = write_csv(tmp_path)
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    overrides = [*tiny_data_overrides(csv_path), f"data.cache_dir={cache}"]
+    cfg = compose_config("train", run_dir, overrides)
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, cfg)
+    assert exited.value.code == 2
+    line = assert_one_error_line(capsys.readouterr().err, fragments)
+    assert str(csv_path) in line
+    assert not (cache.exists() and list(cache.iterdir()))
+    assert not run_dir.exists()
+
+
+def test_bad_csv_from_the_command_line(tmp_path):
+    csv_path = csv_with_row(f"3,{PIXELS_2303},Training")(tmp_path)
+    cache = tmp_path / "cache"
+    result = run_script(
+        "train.py",
+        "data=fer2013",
+        f"data.csv_path={csv_path}",
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    line = assert_one_error_line(result.stderr, [f"{csv_path}:3: field 'pixels'", "got 2303"])
+    assert line.startswith("error: ")
+    assert not (cache.exists() and list(cache.iterdir()))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bom_and_crlf_csv_is_accepted(tmp_path, tiny_csv):
+    lines = tiny_csv.read_text().splitlines()
+    bom_crlf = tmp_path / "windows.csv"
+    bom_crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    cfg = compose_config("train", tmp_path / "run", [*tiny_data_overrides(bom_crlf), "debug=fdr"])
+    assert 0.0 <= train(cfg)["test/acc"] <= 1.0
+    expected = load_fer2013_csv(tiny_csv)["test"].images
+    assert np.array_equal(load_fer2013_csv(bom_crlf)["test"].images, expected)
+
+
+def folders_with_unknown_class(root: Path) -> None:
+    (root / "train" / "contempt").mkdir()
+
+
+def folders_with_unreadable_image(root: Path) -> None:
+    (root / "test" / "happy" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+
+
+@pytest.mark.parametrize(
+    ("break_folders", "fragments"),
+    [
+        (folders_with_unknown_class, ["contempt", "unknown class folder 'contempt'"]),
+        (folders_with_unreadable_image, ["broken.png", "unreadable image"]),
+    ],
+    ids=["unknown class folder", "unreadable image"],
+)
+def test_bad_image_folder_is_one_line(tmp_path, capsys, break_folders, fragments):
+    root = tmp_path / "folders"
+    write_folders(root, per_class=1)
+    break_folders(root)
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        ["data=fer2013_folders", f"data.root={root}", "data.num_workers=0"],
+    )
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, cfg)
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, fragments)
+
+
+def test_config_mistake_inside_instantiation_is_one_line(train_cfg, capsys):
+    """Hydra wraps errors raised in constructors; the user still gets the one line."""
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, train_cfg("data.batch_size=0"))
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, ["batch_size=0"])
+
+
+def test_unknown_model_name_is_hydras_message(tmp_path):
+    with pytest.raises(MissingConfigException, match="Could not find 'model/nope'") as caught:
+        compose_config("train", tmp_path, ["model=nope"])
+    assert "baseline" in caught.value.options
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "not a readable checkpoint"),
+        (b"PK\x03\x04 truncated zip", "not a readable checkpoint"),
+        (None, "does not exist"),
+    ],
+    ids=["empty", "corrupt", "missing"],
+)
+def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, train_cfg, capsys, content, fragment):
+    checkpoint = tmp_path / "last.ckpt"
+    if content is not None:
+        checkpoint.write_bytes(content)
+    with pytest.raises(SystemExit):
+        exit_on_user_error(train, train_cfg(f"ckpt_path={checkpoint}"))
+    assert_one_error_line(capsys.readouterr().err, [str(checkpoint), fragment])
+
+
+def test_resume_with_another_architecture_is_one_line(train_cfg, baseline_ckpt, capsys):
+    with pytest.raises(SystemExit):
+        exit_on_user_error(train, train_cfg("model=deep", f"ckpt_path={baseline_ckpt}"))
+    assert_one_error_line(
+        capsys.readouterr().err,
+        [str(baseline_ckpt), "holds a fer_lightning.models.BaselineCNN net", "DeepConcatNet"],
+    )
+
+
+def test_resume_with_another_net_shape_is_one_line(train_cfg, baseline_ckpt, capsys):
+    with pytest.raises(SystemExit):
+        exit_on_user_error(
+            train, train_cfg("model.net.in_channels=3", f"ckpt_path={baseline_ckpt}")
+        )
+    assert_one_error_line(capsys.readouterr().err, [str(baseline_ckpt), "do not fit"])
+
+
+# -------------------------------------------------------------------------- atomic file writes
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io = AtomicCheckpointIO()
+    checkpoint_io.save_checkpoint({"global_step": 1, "weights": torch.arange(4.0)}, path)
+
+    def interrupted_save(obj: object, file) -> None:
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint_io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint_io.load_checkpoint(path, weights_only=True)["global_step"] == 1
+    assert os.listdir(path.parent) == ["last.ckpt"]
+
+
+def test_interrupted_cache_write_leaves_no_file(tmp_path, tiny_csv, monkeypatch):
+    cache = tmp_path / "cache"
+
+    def interrupted_savez(file, **arrays) -> None:
+        file.write(b"PK\x03\x04 half an npz")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fer2013_csv.np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        load_fer2013_csv(tiny_csv, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    load_fer2013_csv(tiny_csv, cache_dir=cache)
+    (cache_file,) = cache.iterdir()
+    assert cache_file.suffix == ".npz"
+    test_labels = load_fer2013_csv(tiny_csv, cache_dir=cache)["test"].labels
+    assert len(test_labels) == TINY_SPLIT_SIZES["num_test"]
+
+
+# ------------------------------------------------------------------------------ crash and resume
+
+
+def test_kill_9_then_resume_finishes_the_configured_epochs(tmp_path, tiny_csv):
+    """SIGKILL a training run after its first epoch, resume it from last.ckpt into the same run
+    dir: it ends after max_epochs in total, and its csv log goes on from the killed run."""
+    run_dir, max_epochs, steps_per_epoch = tmp_path / "run", 3, 9  # 280 images / 32
+    last = run_dir / "checkpoints" / "last.ckpt"
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *tiny_data_overrides(tiny_csv),
+        f"trainer.max_epochs={max_epochs}",
+        "callbacks.step_checkpoint.every_n_train_steps=2",
+        "~callbacks.tensorboard_extras",
+        CONTINUING_CSV,
+        f"hydra.run.dir={run_dir}",
+    ]
+    log_path = tmp_path / "killed.log"
+    deadline = time.monotonic() + 240
+    with log_path.open("w") as log:
+        killed = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        killed_at_step, seen = 0, None
+        try:
+            while killed.poll() is None and killed_at_step <= steps_per_epoch:
+                assert time.monotonic() < deadline, "no checkpoint after the first epoch"
+                time.sleep(0.02)
+                stamp = last.stat().st_mtime_ns if last.exists() else None
+                if stamp != seen:  # atomic writes: a present last.ckpt is always complete
+                    seen, killed_at_step = stamp, torch.load(last, weights_only=True)["global_step"]
+        finally:
+            killed.kill()  # SIGKILL
+            killed.wait()
+    stderr = log_path.read_text()
+    assert killed.returncode == -signal.SIGKILL, stderr[-2000:]
+    assert steps_per_epoch < killed_at_step < max_epochs * steps_per_epoch
+
+    resumed = run_script("train.py", *command[2:], f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == max_epochs
+    assert torch.load(last, weights_only=True)["global_step"] == max_epochs * steps_per_epoch
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val_epochs = [
+        int(row.split(",")[header.index("epoch")])
+        for row in rows[1:]
+        if row.split(",")[header.index("val/acc")]
+    ]
+    assert val_epochs == list(range(max_epochs))  # epoch 0 from the killed run, once
+
+
+# ------------------------------------------------------------------------------------- multirun
+
+
+def test_multirun_goes_on_after_a_failed_job_and_names_it(tmp_path, tiny_csv):
+    result = run_script(
+        "train.py",
+        "-m",
+        "data.batch_size=32,0,32",
+        "debug=fdr",
+        *sweep_data_overrides(tiny_csv),
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 1
+    for job in ("0", "2"):
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["split"] == "test"
+        assert not (tmp_path / job / "FAILED").exists()
+    failed = (tmp_path / "1" / "FAILED").read_text()
+    assert "data.batch_size=0" in failed and "batch_size=0" in failed.splitlines()[1]
+    assert not (tmp_path / "1" / "metrics.json").exists()
+    summary = result.stderr[result.stderr.index("error: 1 multirun job(s) failed") :]
+    assert "job 1 (data.batch_size=0" in summary and str(tmp_path / "1" / "FAILED") in summary
+
+
+def test_optuna_sweep_marks_a_failed_trial_and_goes_on(tmp_path, tiny_csv):
+    result = run_script(
+        "train.py",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0",
+        'hydra.sweeper.params={data.batch_size: "choice(0, 32)"}',
+        "debug=fdr",
+        "optimized_metric=test/acc",
+        *sweep_data_overrides(tiny_csv),
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert sorted(path.parent.name for path in tmp_path.glob("*/FAILED")) == ["0"]
+    assert (tmp_path / "1" / "metrics.json").is_file()
+    assert "best_value" in (tmp_path / "optimization_results.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------------- determinism
+
+
+def metrics_json_of_run(run_dir: Path, tiny_csv: Path, *overrides: str) -> bytes:
+    """Train briefly (augmentation on) and return the bytes of the run's metrics.json."""
+    overrides = (
+        *tiny_data_overrides(tiny_csv),
+        *SHORT_RUN,
+        "trainer.limit_train_batches=4",
+        *overrides,
+    )
+    train(compose_config("train", run_dir, overrides))
+    return (run_dir / "metrics.json").read_bytes()
+
+
+def test_same_seed_and_config_give_identical_metrics_json(tmp_path, tiny_csv):
+    """Augmentation on, data in the main process; a different seed gives other numbers."""
+    first = metrics_json_of_run(tmp_path / "a", tiny_csv, "seed=3")
+    assert metrics_json_of_run(tmp_path / "b", tiny_csv, "seed=3") == first
+    assert metrics_json_of_run(tmp_path / "c", tiny_csv, "seed=4") != first
+    assert str(tmp_path) not in first.decode()
+
+
+def test_same_seed_with_worker_processes_gives_identical_metrics_json(tmp_path, tiny_csv):
+    """Augmentation runs in two worker processes, seeded from `seed` by Lightning."""
+    overrides = ("seed=3", "data.num_workers=2")
+    first = metrics_json_of_run(tmp_path / "a", tiny_csv, *overrides)
+    assert metrics_json_of_run(tmp_path / "b", tiny_csv, *overrides) == first
+
+
+# ------------------------------------------------------------------------------ past one machine
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """trainer=ddp with two gloo processes: metrics synced over both, one report, and the
+    checkpoint evaluates on one device."""
+    csv_path = write_synthetic_fer2013_csv(tmp_path / "ddp.csv", seed=5, **TINY_SPLIT_SIZES)
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *tiny_data_overrides(csv_path)[:-1],  # keeps the progress bar, made DDP-safe
+        DDP_SAFE_BAR,
+        *SHORT_RUN,
+        f"hydra.run.dir={run_dir}",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["support"] == TINY_SPLIT_SIZES["num_test"]  # both halves of the test split
+    report = evaluate(
+        compose_config(
+            "evaluate", tmp_path / "eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"]
+        )
+    )
+    assert report["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_multi_node_and_slurm_launcher_configs_compose(tmp_path, tiny_csv):
+    plain = compose_config("train", tmp_path, ["hydra/launcher=submitit_slurm"])
+    assert plain.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            "hydra/launcher=slurm_gpu",
+            "trainer=ddp",
+            "trainer.devices=4",
+            "trainer.num_nodes=2",
+            "hydra.launcher.partition=gpu",
+        ],
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == plain.hydra.launcher._target_
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert instantiate(launcher).params["partition"] == "gpu"
+    two_nodes = compose_config(
+        "train", tmp_path, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.num_nodes=2"]
+    )
+    cpu_nodes = build_trainer(two_nodes.trainer, [], False)
+    assert (cpu_nodes.num_nodes, cpu_nodes.world_size) == (2, 4)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpus_alias_trains_on_one_gpu(train_cfg):
+    metrics = train(train_cfg("trainer.gpus=1", "trainer.fast_dev_run=true"))
+    assert np.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("model", ["baseline", "deep"])
+def test_gpu_trainer_with_bf16_mixed_precision(train_cfg, model):
+    cfg = train_cfg("trainer=gpu", f"model={model}", "trainer.fast_dev_run=true")
+    assert cfg.trainer.precision == "bf16-mixed"
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
