@@ -15,8 +15,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fer_lightning.data.fer2013_csv import write_atomically
 from fer_lightning.errors import FERUserError
+from fer_lightning.files import write_atomically
 
 log = logging.getLogger(__name__)
 

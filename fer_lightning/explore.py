@@ -35,8 +35,8 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.config import CONF_DIR, ROOT
 from fer_lightning.data import SPLIT_NAMES, SplitArrays, load_fer2013_csv
-from fer_lightning.data.fer2013_csv import write_atomically
 from fer_lightning.errors import FERUserError
+from fer_lightning.files import write_atomically
 from fer_lightning.inference import (
     Classifier,
     classifier_from_checkpoint,

@@ -28,8 +28,8 @@ from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.config import CONF_DIR, ROOT
-from fer_lightning.data.fer2013_csv import write_atomically
 from fer_lightning.errors import FERUserError
+from fer_lightning.files import write_atomically
 from fer_lightning.inference import (
     METADATA_KEY,
     MODEL_SUFFIXES,

@@ -34,8 +34,8 @@ from omegaconf import DictConfig
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.config import CONF_DIR, ROOT
-from fer_lightning.data.fer2013_csv import write_atomically
 from fer_lightning.errors import FERUserError
+from fer_lightning.files import write_atomically
 from fer_lightning.inference import Classifier, load_classifier
 
 log = logging.getLogger(__name__)

@@ -10,13 +10,14 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from fer_lightning.files import write_atomically
 
 SCORES = ("precision", "recall", "f1")
 
@@ -133,18 +134,6 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str]) -> 
     return figure
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: no reader sees half a file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _confusion_csv(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     """Counts with class names as header row and first column (rows = true, columns = predicted)."""
     buffer = io.StringIO()
@@ -194,13 +183,15 @@ def write_report(
     report = classification_report(matrix, class_names)
     metrics = {**report, **(extra or {})}
 
-    json_text = json.dumps(metrics, indent=2, default=_json_default) + "\n"
-    _write_atomically(out_path / f"{prefix}metrics.json", json_text.encode())
-    report_text = format_report(report, class_names)
-    _write_atomically(out_path / f"{prefix}classification_report.txt", report_text.encode())
-    csv_text = _confusion_csv(matrix, class_names)
-    _write_atomically(out_path / f"{prefix}confusion_matrix.csv", csv_text.encode())
     png = io.BytesIO()
     plot_confusion_matrix(matrix, class_names).savefig(png, format="png", dpi=100)
-    _write_atomically(out_path / f"{prefix}confusion_matrix.png", png.getvalue())
+    contents = {
+        "metrics.json": json.dumps(metrics, indent=2, default=_json_default) + "\n",
+        "classification_report.txt": format_report(report, class_names),
+        "confusion_matrix.csv": _confusion_csv(matrix, class_names),
+        "confusion_matrix.png": png.getvalue(),
+    }
+    for name, content in contents.items():
+        data = content.encode() if isinstance(content, str) else content
+        write_atomically(out_path / f"{prefix}{name}", lambda file, data=data: file.write(data))
     return metrics

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
-from fer_lightning.data.fer2013_csv import write_atomically
+from fer_lightning.files import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

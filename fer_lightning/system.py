@@ -101,8 +101,11 @@ class FERSystem(pl.LightningModule):
         detailed = _detailed_metrics(num_classes)
         self.val_metrics = detailed.clone(prefix="val/")
         self.test_metrics = detailed.clone(prefix="test/")
+        # best-so-far scores travel in checkpoints, so a resumed run keeps its earlier epochs' best
         self.val_acc_best = MaxMetric()
         self.val_f1_macro_best = MaxMetric()
+        for best in (self.val_acc_best, self.val_f1_macro_best):
+            best.persistent(True)
         # K x K int64, rows = true class; set after each val / test epoch for reports and plots.
         self.val_confusion: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
@@ -195,11 +198,6 @@ class FERSystem(pl.LightningModule):
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return torch.softmax(self.evaluation_logits(images), dim=1)
 
-    def on_train_start(self) -> None:
-        # The sanity check ran validation already; its scores must not count as "best".
-        self.val_acc_best.reset()
-        self.val_f1_macro_best.reset()
-
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
@@ -207,6 +205,8 @@ class FERSystem(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self._log_detailed(self.val_metrics, "val")
         self.val_confusion = values["val/confusion"]
+        if self.trainer.sanity_checking:  # the sanity check's scores are not a "best"
+            return
         self.val_acc_best.update(values["val/acc"])
         self.val_f1_macro_best.update(values["val/f1_macro"])
         self.log("val/acc_best", self.val_acc_best.compute())
@@ -225,13 +225,14 @@ class FERSystem(pl.LightningModule):
                 f"{stage}/f1_macro": values[f"{stage}/f1_macro"],
             },
             prog_bar=stage == "val",
+            sync_dist=True,  # already synced by torchmetrics; says so to Lightning
         )
         per_class = {
             f"{stage}/{metric}/{name}": values[f"{stage}/{metric}"][index]
             for metric in PER_CLASS_METRICS
             for index, name in enumerate(self.hparams.class_names)
         }
-        self.log_dict(per_class)
+        self.log_dict(per_class, sync_dist=True)
         values[f"{stage}/confusion"] = values[f"{stage}/confusion"].detach().to("cpu", torch.int64)
         return values
 

@@ -126,11 +126,35 @@ def test_fit_and_test_log_all_metrics_and_keep_confusion(tmp_path: Path) -> None
     assert results["test/acc"] == pytest.approx(float(system.test_confusion.diag().sum()) / NUM_VAL)
 
 
-def test_best_metrics_ignore_the_sanity_check(tmp_path: Path) -> None:
+class RecordBestAfterSanityCheck(pl.Callback):
+    """Remembers whether the best-score trackers had been updated when the sanity check ended."""
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: FERSystem) -> None:
+        self.updated = pl_module.val_acc_best.update_called
+
+
+class RecordValAcc(pl.Callback):
+    """The val accuracy of every real validation epoch."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: FERSystem) -> None:
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics["val/acc"]))
+
+
+def test_best_metrics_ignore_the_sanity_check_and_survive_a_reload(tmp_path: Path) -> None:
     system = _system()
-    system.val_acc_best.update(torch.tensor(2.0))  # an impossible score, as if from a sanity check
-    _trainer(tmp_path, max_epochs=1).fit(system, datamodule=TinyDataModule())
-    assert float(system.val_acc_best.compute()) <= 1.0
+    sanity, epochs = RecordBestAfterSanityCheck(), RecordValAcc()
+    _trainer(tmp_path, num_sanity_val_steps=2, callbacks=[sanity, epochs]).fit(
+        system, datamodule=TinyDataModule()
+    )
+    assert sanity.updated is False
+    assert float(system.val_acc_best.compute()) == pytest.approx(max(epochs.values))
+    restored = _system()
+    restored.load_state_dict(system.state_dict())
+    assert float(restored.val_acc_best.max_value) == pytest.approx(max(epochs.values))
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:

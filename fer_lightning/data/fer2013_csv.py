@@ -14,10 +14,9 @@ import logging
 import os
 import queue
 import threading
-import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from fer_lightning.classes import IMAGE_SIZE, NUM_CLASSES
 from fer_lightning.errors import DataFormatError, FERUserError
+from fer_lightning.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -489,21 +489,3 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
         arrays[f"{split}_images"] = split_arrays.images
         arrays[f"{split}_labels"] = split_arrays.labels
     write_atomically(cache_file, lambda file: np.savez(file, **arrays))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temp file in ``path``'s directory, flush it to disk, then rename it to
-    ``path``, so that readers (and concurrent writers) never see a partial file and a crash
-    mid-write leaves the previous ``path`` intact. The file gets the usual umask permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
-    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            write(temp)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise

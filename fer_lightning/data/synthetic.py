@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from fer_lightning.classes import IMAGE_SIZE, NUM_CLASSES
-from fer_lightning.data.fer2013_csv import COLUMNS, NUM_PIXELS, SPLITS, write_atomically
+from fer_lightning.data.fer2013_csv import COLUMNS, NUM_PIXELS, SPLITS
 from fer_lightning.errors import FERUserError
+from fer_lightning.files import write_atomically
 
 # Rows per class in the real FER2013 Training split (see shared/fer2013/README.md).
 FER2013_TRAINING_COUNTS: tuple[int, ...] = (3995, 436, 4097, 7215, 4830, 3171, 4965)

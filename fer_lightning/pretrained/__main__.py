@@ -15,7 +15,7 @@ import torch
 
 from fer_lightning.checkpoint import RUN_CONFIG_KEY, read_checkpoint
 from fer_lightning.cli import exit_on_user_error
-from fer_lightning.data.fer2013_csv import write_atomically
+from fer_lightning.files import write_atomically
 from fer_lightning.pretrained import WEIGHTS_DIR
 
 

@@ -1,0 +1,27 @@
+"""File writing that never leaves half a file behind."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temp file in ``path``'s directory, flush it to disk, then rename it to
+    ``path``, so that readers (and concurrent writers) never see a partial file and a crash
+    mid-write leaves the previous ``path`` intact. The file gets the usual umask permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
+    handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            write(temp)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
