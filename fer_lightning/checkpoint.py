@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -14,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from fer_lightning import pretrained
 from fer_lightning.errors import FERUserError
 
 RUN_CONFIG_KEY = "fer_run_config"
@@ -32,8 +32,9 @@ class StoreRunConfig(Callback):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with torch's safe `weights_only` loader; bad files fail in one line."""
-    path = Path(path).expanduser()
+    """Load a checkpoint (a path, or `pretrained:<name>` for shipped weights) with torch's safe
+    `weights_only` loader; bad files fail in one line."""
+    path = pretrained.resolve(path)
     if not path.is_file():
         raise FERUserError(f"checkpoint {path} does not exist")
     try:

@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error
@@ -130,7 +129,7 @@ def export(cfg: DictConfig) -> Path:
             f"output={output} must end in {suffix} for format={cfg.format} "
             "(predict recognises the format by the suffix)"
         )
-    checkpoint = read_checkpoint(pretrained.resolve(cfg.ckpt_path))
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     reference = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
     metadata = model_metadata(reference.class_names, reference.in_channels)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -124,7 +124,7 @@ def load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
     TorchScript ``.pt`` file, or ``pretrained:<name>``."""
     text = str(ckpt_path)
     if text.startswith(pretrained.PREFIX):  # shipped weights are slimmed Lightning checkpoints
-        return classifier_from_checkpoint(read_checkpoint(pretrained.resolve(text)), text)
+        return classifier_from_checkpoint(read_checkpoint(text), text)
     path = Path(text).expanduser()
     if not path.is_file():
         raise FERUserError(f"model file {path} does not exist")

@@ -1,0 +1,52 @@
+"""Shipped weights: slimming a checkpoint and loading it back as `ckpt_path=pretrained:<name>`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fer_lightning import pretrained
+from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning.errors import FERUserError
+from fer_lightning.evaluation import evaluate
+from fer_lightning.pretrained.__main__ import ship
+from tests.conftest import compose_config
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch):
+    """An empty stand-in for the package's weights folder."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr("fer_lightning.pretrained.__main__.WEIGHTS_DIR", folder)
+    return folder
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_shipped_weights_evaluate_like_the_checkpoint(
+    trained_checkpoint, trained_run, weights_dir, tmp_path, half, capsys
+):
+    ship(str(trained_checkpoint), "tiny", half)
+    assert "sha256" in capsys.readouterr().out
+    shipped = torch.load(weights_dir / "tiny.pt", weights_only=True)
+    assert set(shipped) == {"state_dict", "hyper_parameters", "fer_run_config"}
+    dtypes = {value.dtype for value in shipped["state_dict"].values()}
+    assert (torch.float16 in dtypes) is half
+    assert (weights_dir / "tiny.pt").stat().st_size < trained_checkpoint.stat().st_size
+
+    report = evaluate(compose_config("evaluate", tmp_path / "eval", ["ckpt_path=pretrained:tiny"]))
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    if half:  # fp16 rounding may move a borderline image, not the report as a whole
+        assert report["accuracy"] == pytest.approx(trained["accuracy"], abs=0.03)
+    else:
+        assert report["accuracy"] == pytest.approx(trained["accuracy"])
+
+
+def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
+    ship(str(trained_checkpoint), "tiny", False)
+    assert pretrained.available() == ["tiny"]
+    with pytest.raises(FERUserError, match=r"no pretrained weights named 'huge'.*shipped: tiny"):
+        read_checkpoint("pretrained:huge")
