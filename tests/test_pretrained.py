@@ -50,3 +50,15 @@ def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weigh
     assert pretrained.available() == ["tiny"]
     with pytest.raises(FERUserError, match=r"no pretrained weights named 'huge'.*shipped: tiny"):
         read_checkpoint("pretrained:huge")
+
+
+def test_shipped_baseline_loads_offline_and_classifies(tmp_path, tiny_csv):
+    """The real shipped file: seed 000's net, FER2013's classes, a report on any fer2013 csv."""
+    assert "baseline" in pretrained.available()
+    checkpoint = read_checkpoint("pretrained:baseline")
+    assert checkpoint["fer_run_config"]["model"]["net"]["_target_"].endswith("BaselineCNN")
+    cfg = compose_config(
+        "evaluate", tmp_path, ["ckpt_path=pretrained:baseline", f"data.csv_path={tiny_csv}"]
+    )
+    report = evaluate(cfg)
+    assert report["support"] == 70

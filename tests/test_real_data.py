@@ -61,3 +61,19 @@ def test_train_then_evaluate_on_real_data(tmp_path: Path, model: str):
     for name, support in PRIVATE_TEST_SUPPORT.items():
         row = next(line for line in evaluated.stdout.splitlines() if line.strip().startswith(name))
         assert row.split()[-1] == str(support)
+
+
+def test_shipped_baseline_meets_its_targets_on_private_test(tmp_path: Path):
+    """`pretrained:baseline` (seed 000's CNN) reaches >= 62 % accuracy and >= 0.55 macro-F1."""
+    result = run_script(
+        "evaluate.py",
+        "ckpt_path=pretrained:baseline",
+        f"data.csv_path={REAL_CSV}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["support"] == 3589
+    assert metrics["accuracy"] >= 0.62
+    assert metrics["f1_macro"] >= 0.55
