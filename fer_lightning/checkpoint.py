@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 
 from fer_lightning import pretrained
 from fer_lightning.errors import FERUserError
@@ -60,6 +61,18 @@ def system_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) 
     system = system_class(net=net, **checkpoint.get("hyper_parameters", {}))
     load_weights(system, checkpoint, path)
     return system.eval()
+
+
+def datamodule_from_checkpoint(
+    checkpoint: dict[str, Any], overrides: Mapping[str, Any]
+) -> LightningDataModule:
+    """The training run's datamodule, loaded; non-null ``overrides`` (csv_path, cache_dir, ...)
+    replace the stored data settings."""
+    kept = {key: value for key, value in overrides.items() if value is not None}
+    datamodule = hydra.utils.instantiate(OmegaConf.merge(run_config(checkpoint).data, kept))
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return datamodule
 
 
 def load_weights(

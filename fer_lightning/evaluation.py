@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from fer_lightning.builders import build_trainer
-from fer_lightning.checkpoint import read_checkpoint, run_config, system_from_checkpoint
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    system_from_checkpoint,
+)
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 from fer_lightning.tta import check_tta_mode
@@ -24,13 +27,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLITS:
         raise FERUserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    data_cfg = run_config(checkpoint).data
-    overrides = {key: value for key, value in cfg.data.items() if value is not None}
-    data_cfg = OmegaConf.merge(data_cfg, overrides)
-
-    datamodule = hydra.utils.instantiate(data_cfg)
-    datamodule.prepare_data()
-    datamodule.setup("test")
+    datamodule = datamodule_from_checkpoint(checkpoint, cfg.data)
     system = system_from_checkpoint(checkpoint, cfg.ckpt_path)
     system.tta = check_tta_mode(cfg.tta)
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)

@@ -30,18 +30,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fer_lightning import pretrained
 from fer_lightning.callbacks import plot_sample_predictions
-from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning.checkpoint import datamodule_from_checkpoint, read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.config import CONF_DIR, ROOT
 from fer_lightning.data import SPLIT_NAMES, SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
-from fer_lightning.inference import (
-    Classifier,
-    classifier_from_checkpoint,
-    datamodule_from_checkpoint,
-)
+from fer_lightning.inference import Classifier, classifier_from_checkpoint
 
 log = logging.getLogger(__name__)
 

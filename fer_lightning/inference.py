@@ -16,21 +16,18 @@ import os
 import warnings
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import onnxruntime
-import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint, run_config, system_from_checkpoint
+from fer_lightning.checkpoint import read_checkpoint, system_from_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import build_transform
 from fer_lightning.errors import FERUserError
@@ -192,18 +189,6 @@ def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int]:
             "channels); export models with python -m fer_lightning.export"
         ) from err
     return class_names, in_channels
-
-
-def datamodule_from_checkpoint(
-    checkpoint: dict[str, Any], overrides: Mapping[str, Any]
-) -> pl.LightningDataModule:
-    """The training run's datamodule, loaded; non-null ``overrides`` (csv_path, cache_dir, ...)
-    replace the stored data settings."""
-    kept = {key: value for key, value in overrides.items() if value is not None}
-    datamodule = hydra.utils.instantiate(OmegaConf.merge(run_config(checkpoint).data, kept))
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    return datamodule
 
 
 def _is_torchscript(path: Path) -> bool:

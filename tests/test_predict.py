@@ -21,12 +21,16 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint, system_from_checkpoint
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    system_from_checkpoint,
+)
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import ROOT, compose_config
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
-from fer_lightning.inference import datamodule_from_checkpoint, load_classifier
+from fer_lightning.inference import load_classifier
 from fer_lightning.predict import (
     FacePredictor,
     Frame,
