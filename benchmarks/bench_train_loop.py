@@ -4,12 +4,12 @@
 
 Both loops run in one process with the same net (conf/model/<model>.yaml), batch size and optimizer.
 The bare loop steps over one preloaded, normalised batch: no augmentation, no DataLoader, no
-metrics. The real loop is `fer_lightning.training.train` on the composed train config
-(augmentation, DataLoader workers, metrics and logging as configured); validation and the
+metrics. The real loop is `fer_lightning.training.train` on the composed train config (its
+loader, the batch augmentation after transfer, metrics, logging as configured); validation and the
 end-of-epoch checkpoint are left out so that only training steps are timed. A callback records
 per-step wall times after --warmup steps; the script prints the median images/s of both loops,
 their ratio and its own command line. Hydra overrides for the real loop follow `--`, e.g.
-`-- data.num_workers=0`.
+`-- data.num_workers=1`.
 """
 
 from __future__ import annotations

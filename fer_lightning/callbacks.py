@@ -1,4 +1,5 @@
-"""TensorBoard extras: confusion-matrix and sample-prediction figures, hparams with metrics."""
+"""Callbacks: TensorBoard extras (confusion-matrix and sample-prediction figures, hparams with
+metrics) and weight averaging that tests what it validated."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.tensorboard import SummaryWriter
 
 from fer_lightning.report import plot_confusion_matrix
@@ -163,3 +165,20 @@ def log_hparams_with_metrics(
         return
     final_metrics = {name: float(value) for name, value in metrics.items()}
     logger.log_hyperparams(_flatten_params(params), final_metrics)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's EMA of the weights, except that a checkpoint loaded to test or predict keeps
+    its averaged weights.
+
+    Checkpoints hold the average in ``state_dict`` (what validation scored and selected) and the
+    raw weights in ``current_model_state``. The parent restores the raw weights on every load
+    while it is attached, so ``trainer.test(ckpt_path="best")`` after ``fit`` would test weights
+    that were never validated. Only resuming a fit needs the raw weights back.
+    """
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

@@ -29,7 +29,7 @@ from torch import nn
 from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint, system_from_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
-from fer_lightning.data.transforms import build_transform
+from fer_lightning.data.transforms import check_in_channels, normalize
 from fer_lightning.errors import FERUserError
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -59,16 +59,15 @@ class Classifier(ABC):
 
     def __init__(self, class_names: Sequence[str], in_channels: int) -> None:
         self.class_names = [str(name) for name in class_names]
-        self.in_channels = int(in_channels)
-        self._transform = build_transform(False, self.in_channels)
+        self.in_channels = check_in_channels(int(in_channels))
 
     @abstractmethod
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """Logits (N, K) of preprocessed float32 inputs (N, in_channels, 48, 48)."""
 
     def preprocess(self, faces: np.ndarray) -> np.ndarray:
-        """uint8 faces (N, 48, 48) -> float32 (N, in_channels, 48, 48) through training's eval
-        transform (scale to [-1, 1], gray replicated to 3 channels where the net wants them)."""
+        """uint8 faces (N, 48, 48) -> float32 (N, in_channels, 48, 48) through training's
+        normalisation (scale to [-1, 1], gray replicated to 3 channels where the net wants them)."""
         faces = np.asarray(faces)
         if faces.dtype != np.uint8 or faces.ndim != 3 or faces.shape[1:] != (IMAGE_SIZE,) * 2:
             raise ValueError(
@@ -76,7 +75,7 @@ class Classifier(ABC):
                 f"got {faces.dtype} {faces.shape}"
             )
         batch = torch.from_numpy(np.ascontiguousarray(faces)).unsqueeze(1)
-        return self._transform(batch).numpy()
+        return normalize(batch, self.in_channels).numpy()
 
     def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for uint8 faces (N, 48, 48), ``batch_size`` at a time."""

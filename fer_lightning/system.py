@@ -151,7 +151,8 @@ class FERSystem(pl.LightningModule):
         return tta_log_probabilities(self, images, self.tta)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Class-weighted, optionally label-smoothed cross-entropy."""
+        """Class-weighted, optionally label-smoothed cross-entropy; ``targets`` are class
+        indices (B,) or, after mixup/cutmix, class probabilities (B, K)."""
         return F.cross_entropy(
             logits,
             targets,
@@ -170,7 +171,8 @@ class FERSystem(pl.LightningModule):
         images, targets = batch
         logits = (forward or self)(images)
         loss = self.loss(logits, targets)
-        metrics.update(logits, targets)
+        # mixed targets count as their dominant class in the metrics
+        metrics.update(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         self.log(
             f"{stage}/loss",
             loss,

@@ -8,6 +8,7 @@ import math
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,14 +19,15 @@ from PIL import Image
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE
 from fer_lightning.data import (
     AUGMENT_KNOBS,
+    BatchAugment,
     FER2013DataModule,
     FER2013FoldersDataModule,
     SyntheticFER2013DataModule,
-    build_transform,
     class_weights,
     fer2013_csv,
     load_fer2013_csv,
     load_fer2013_folders,
+    normalize,
     stratified_split_indices,
     stratified_val_counts,
     write_synthetic_fer2013_csv,
@@ -430,50 +432,101 @@ def test_folders_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_eval_transform_scales_normalises_and_replicates(in_channels: int) -> None:
-    image = torch.arange(2304).remainder(256).to(torch.uint8).reshape(1, 48, 48)
-    out = build_transform(False, in_channels, {"hflip": 1.0})(image)  # eval ignores augment
-    assert out.shape == (in_channels, 48, 48) and out.dtype == torch.float32
-    expected = image.float() / 255 * 2 - 1
-    for channel in out:
-        torch.testing.assert_close(channel, expected[0])
+def test_normalize_scales_and_replicates(in_channels: int) -> None:
+    images = torch.arange(2 * 2304).remainder(256).to(torch.uint8).reshape(2, 1, 48, 48)
+    out = normalize(images, in_channels)
+    assert out.shape == (2, in_channels, 48, 48) and out.dtype == torch.float32
+    for channel in out.unbind(1):
+        torch.testing.assert_close(channel, images[:, 0].float() / 255 * 2 - 1)
     assert out.min() == -1.0 and out.max() == 1.0
+    with pytest.raises(FERUserError, match="in_channels must be 1"):
+        normalize(images, 2)
+
+
+def _batch(in_channels: int = 1, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (size, 1, 48, 48), dtype=torch.uint8, generator=generator)
+    return normalize(images, in_channels), torch.arange(size) % 7
+
+
+def test_batch_augment_flip_and_whole_pixel_shifts_are_exact() -> None:
+    images, labels = _batch()
+    flipped, same_labels = BatchAugment({"hflip": 1.0})(images, labels)
+    torch.testing.assert_close(flipped, images.flip(-1))
+    assert torch.equal(same_labels, labels)
+    torch.manual_seed(0)
+    shifted, _ = BatchAugment({"pad_crop": 3})(images, labels)
+    interior = (slice(None), slice(3, -3), slice(3, -3))
+    offsets = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+    for image, out in zip(images, shifted, strict=True):
+        # each output is its input moved by whole pixels, one (dy, dx) per image
+        matches = [
+            (dy, dx)
+            for dy, dx in offsets
+            if torch.allclose(image.roll((-dy, -dx), (1, 2))[interior], out[interior], atol=1e-5)
+        ]
+        assert len(matches) == 1
+    assert not torch.equal(shifted, images)
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_train_transform_applies_augmentations(in_channels: int) -> None:
+def test_batch_augment_every_knob_is_random_per_image_and_seeded(in_channels: int) -> None:
+    images, labels = _batch(in_channels)
+    every_knob = OmegaConf.create(
+        {
+            "random_resized_crop_scale": [0.8, 1.0],
+            "hflip": 0.5,
+            "affine_degrees": 10,
+            "affine_translate": 0.1,
+            "affine_scale": [0.9, 1.1],
+            "random_erasing": 0.5,
+        }
+    )
+    augment = BatchAugment(every_knob)
+    torch.manual_seed(1)
+    first, first_labels = augment(images, labels)
+    torch.manual_seed(1)
+    again, _ = augment(images, labels)
+    assert torch.equal(first, again)  # the global seed decides every draw
+    assert first.shape == images.shape and torch.equal(first_labels, labels)
+    assert first.min() >= -1.0 and first.max() <= 1.0
+    changed = [not torch.allclose(out, image) for out, image in zip(first, images, strict=True)]
+    assert all(changed)
+    if in_channels == 3:  # replicated gray stays replicated
+        assert torch.equal(first[:, 0], first[:, 2])
+    erased = BatchAugment({"random_erasing": 1.0})(images, labels)[0]
+    zero_share = (erased == 0).float().mean(dim=(1, 2, 3))
+    assert ((zero_share >= 0.02 * 0.9) & (zero_share <= 0.34)).all()
+
+
+@pytest.mark.parametrize("knob", ["mixup_alpha", "cutmix_alpha"])
+def test_batch_augment_mixing_gives_probability_targets(knob: str) -> None:
+    images, labels = _batch()
     torch.manual_seed(0)
-    image = torch.randint(0, 256, (1, 48, 48), dtype=torch.uint8)
-    flipped = build_transform(True, in_channels, {"hflip": 1.0})(image)
-    plain = build_transform(False, in_channels)(image)
-    torch.testing.assert_close(flipped, plain.flip(-1))
-    every_knob = {
-        "random_resized_crop_scale": [0.8, 1.0],
-        "hflip": 0.5,
-        "affine_degrees": 10,
-        "affine_translate": 0.1,
-        "affine_scale": [0.9, 1.1],
-        "random_erasing": 0.25,
-    }
-    augment = build_transform(True, in_channels, OmegaConf.create(every_knob))
-    outputs = [augment(image) for _ in range(4)]
-    assert all(out.shape == (in_channels, 48, 48) and out.dtype == torch.float32 for out in outputs)
-    assert all(out.min() >= -1.0 and out.max() <= 1.0 for out in outputs)
-    assert not torch.equal(outputs[0], outputs[1])
-    pad_crop = build_transform(True, in_channels, {"pad_crop": 4})(image)
-    assert pad_crop.shape == (in_channels, 48, 48)
+    mixed, targets = BatchAugment({knob: 1.0}, num_classes=7)(images, labels)
+    assert mixed.shape == images.shape and targets.shape == (16, 7)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(16))
+    # every row mixes the image's own label with its partner's (torchvision rolls the batch by 1)
+    own = targets.gather(1, labels[:, None]).squeeze(1)
+    partner = targets.gather(1, labels.roll(1)[:, None]).squeeze(1)
+    torch.testing.assert_close(own + partner, torch.ones(16))
+    assert not torch.equal(mixed, images)
 
 
-def test_transform_rejects_bad_options() -> None:
-    with pytest.raises(FERUserError, match="in_channels must be 1"):
-        build_transform(False, 2)
+def test_batch_augment_rejects_bad_options() -> None:
     with pytest.raises(FERUserError, match=r"unknown augment option.*rotate") as caught:
-        build_transform(False, 1, {"rotate": 5})
+        BatchAugment({"rotate": 5})
     assert all(knob in str(caught.value) for knob in AUGMENT_KNOBS)
     with pytest.raises(FERUserError, match="either random_resized_crop_scale or pad_crop"):
-        build_transform(True, 1, {"random_resized_crop_scale": [0.8, 1.0], "pad_crop": 4})
-    with pytest.raises(FERUserError, match="augment hflip: invalid value"):
-        build_transform(True, 1, {"hflip": 2.0})
+        BatchAugment({"random_resized_crop_scale": [0.8, 1.0], "pad_crop": 4})
+    with pytest.raises(FERUserError, match=r"augment hflip: invalid value 2\.0"):
+        BatchAugment({"hflip": 2.0})
+    with pytest.raises(FERUserError, match=r"augment affine_scale: invalid value \[1.1, 0.9\]"):
+        BatchAugment({"affine_scale": [1.1, 0.9]})
+    with pytest.raises(FERUserError, match="augment random_resized_crop_scale: invalid value"):
+        BatchAugment({"random_resized_crop_scale": 0.8})
+    with pytest.raises(FERUserError, match="augment mixup_alpha: invalid value 'high'"):
+        BatchAugment({"mixup_alpha": "high"})
 
 
 # ------------------------------------------------------------------------------------ datamodules
@@ -513,6 +566,25 @@ def test_csv_datamodule_batches_counts_and_weights(synthetic_csv: Path, tmp_path
     saved = tmp_path / "hparams.pt"
     torch.save(dict(module.hparams), saved)
     assert torch.load(saved, weights_only=True)["augment"]["affine_scale"] == [0.9, 1.1]
+
+
+def test_datamodule_augments_only_training_batches_after_transfer(
+    synthetic_csv: Path, tmp_path: Path
+) -> None:
+    module = FER2013DataModule(
+        str(synthetic_csv), cache_dir=str(tmp_path / "cache"), augment={"hflip": 1.0}
+    )
+    batch = next(iter(module.val_dataloader()))
+    example_input = batch[0][:1]
+    module.trainer = SimpleNamespace(training=False)  # validating, testing, predicting
+    assert module.on_after_batch_transfer(batch, 0) is batch
+    module.trainer = SimpleNamespace(training=True)
+    images, labels = module.on_after_batch_transfer(batch, 0)
+    torch.testing.assert_close(images, batch[0].flip(-1))
+    assert torch.equal(labels, batch[1])
+    assert module.on_after_batch_transfer(example_input, 0) is example_input
+    with pytest.raises(FERUserError, match="augment pad_crop: invalid value -1"):
+        FER2013DataModule(str(synthetic_csv), augment={"pad_crop": -1})
 
 
 def test_datamodule_rejects_bad_settings(synthetic_csv: Path) -> None:

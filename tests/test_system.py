@@ -208,6 +208,22 @@ def test_loss_applies_class_weights_and_label_smoothing(smoothing: float, weight
     assert float(system.loss(logits, targets)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no trainer: by design
+def test_probability_targets_train_and_count_as_their_dominant_class() -> None:
+    system = _system(label_smoothing=0.1)
+    logits = torch.linspace(-2.0, 2.0, 3 * NUM_CLASSES).reshape(3, NUM_CLASSES)
+    labels = torch.tensor([0, 3, 5])
+    one_hot = torch.nn.functional.one_hot(labels, NUM_CLASSES).float()
+    torch.testing.assert_close(system.loss(logits, one_hot), system.loss(logits, labels))
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)  # what mixup makes of a batch
+    images = torch.rand(3, 1, IMAGE_SIZE, IMAGE_SIZE)
+    loss = system.training_step((images, mixed), 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    predicted = system(images).argmax(dim=1)
+    expected = (predicted == labels).float().mean()
+    torch.testing.assert_close(system.train_metrics.compute()["train/acc"], expected)
+
+
 def test_zero_class_weight_ignores_that_class() -> None:
     logits = torch.tensor(
         [[3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0]]

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    system_from_checkpoint,
+)
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
@@ -25,6 +30,37 @@ def test_fast_dev_run_per_model(train_cfg, model):
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert np.isfinite(metrics["train/loss"])
+
+
+def test_training_with_mixup_and_cutmix(train_cfg):
+    cfg = train_cfg("debug=fdr", "data.augment.mixup_alpha=0.4", "data.augment.cutmix_alpha=1.0")
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def _test_loss(system, datamodule) -> float:
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    (results,) = trainer.test(system, dataloaders=datamodule.test_dataloader(), verbose=False)
+    return results["test/loss"]
+
+
+def test_ema_checkpoints_hold_the_average_and_train_tests_it(train_cfg):
+    cfg = train_cfg("callbacks=[default,ema]", "seed=0", *LIMITED_RUN)
+    trained = train(cfg)
+    best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
+    checkpoint = read_checkpoint(best)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    weight = "net.dense_1.weight"
+    assert averaged.keys() == raw.keys() and not torch.equal(averaged[weight], raw[weight])
+    system = system_from_checkpoint(checkpoint, best)  # what evaluate.py and predict load
+    torch.testing.assert_close(system.state_dict()[weight], averaged[weight])
+    datamodule = datamodule_from_checkpoint(checkpoint, {})
+    # train.py's own test scored the averaged weights, not the raw ones
+    assert _test_loss(system, datamodule) == pytest.approx(trained["test/loss"], rel=1e-5)
+    system.load_state_dict(raw)
+    assert _test_loss(system, datamodule) != pytest.approx(trained["test/loss"], rel=1e-5)
 
 
 def test_run_dir_layout(trained_run):

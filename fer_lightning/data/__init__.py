@@ -18,7 +18,7 @@ from fer_lightning.data.folders import (
     stratified_val_counts,
 )
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
-from fer_lightning.data.transforms import AUGMENT_KNOBS, build_transform
+from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment, normalize
 
 __all__ = [
     "AUGMENT_KNOBS",
@@ -26,18 +26,19 @@ __all__ = [
     "FERPLUS_CLASSES",
     "SPLITS",
     "SPLIT_NAMES",
+    "BatchAugment",
     "FER2013DataModule",
     "FER2013FoldersDataModule",
     "FERDataset",
     "FERPlusDataModule",
     "SplitArrays",
     "SyntheticFER2013DataModule",
-    "build_transform",
     "class_weights",
     "load_fer2013_csv",
     "load_fer2013_folders",
     "load_ferplus",
     "majority_labels",
+    "normalize",
     "stratified_split_indices",
     "stratified_val_counts",
     "write_synthetic_fer2013_csv",

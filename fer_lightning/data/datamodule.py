@@ -7,7 +7,7 @@ weights and loaders are shared.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from fer_lightning.data.fer2013_csv import SplitArrays, load_fer2013_csv
 from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus
 from fer_lightning.data.folders import load_fer2013_folders
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
-from fer_lightning.data.transforms import build_transform
+from fer_lightning.data.transforms import BatchAugment, check_in_channels, normalize
 from fer_lightning.errors import FERUserError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -30,18 +30,33 @@ SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing
 
 
 class FERDataset(Dataset):
-    """uint8 images (N, 1, 48, 48) and int64 labels; the transform runs per item."""
+    """uint8 images (N, 1, 48, 48) and int64 labels, served as normalised float batches.
 
-    def __init__(self, arrays: SplitArrays, transform: Callable[[torch.Tensor], torch.Tensor]):
+    ``__getitems__`` fetches a whole batch with one indexing operation (DataLoader uses it with
+    automatic batching), so loading costs next to nothing and needs no worker processes.
+    """
+
+    def __init__(self, arrays: SplitArrays, in_channels: int = 1):
         self.images = torch.from_numpy(arrays.images).unsqueeze(1)
         self.labels = torch.from_numpy(arrays.labels)
-        self.transform = transform
+        self.in_channels = check_in_channels(in_channels)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index]), self.labels[index]
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, in_channels, 48, 48) in [-1, 1] and labels (B,) of ``indices``."""
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return normalize(self.images[index], self.in_channels), self.labels[index]
+
+
+def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate function for FERDataset: ``__getitems__`` already returns the batch."""
+    return batch
 
 
 class FER2013DataModule(pl.LightningDataModule):
@@ -87,8 +102,8 @@ class FER2013DataModule(pl.LightningDataModule):
                 f"unknown class_weighting {class_weighting!r}; choose one of "
                 f"{', '.join(CLASS_WEIGHTING_MODES)}"
             )
-        self.train_transform = build_transform(True, in_channels, self.hparams.augment)
-        self.eval_transform = build_transform(False, in_channels, self.hparams.augment)
+        check_in_channels(in_channels)
+        self.batch_augment = BatchAugment(self.hparams.augment, len(self.class_names))
         self.arrays: dict[str, SplitArrays] | None = None
 
     def load_arrays(self) -> dict[str, SplitArrays]:
@@ -117,20 +132,31 @@ class FER2013DataModule(pl.LightningDataModule):
         return class_weights(self.class_counts(), self.hparams.class_weighting)
 
     def dataloader(self, split: str, train: bool = False) -> DataLoader:
-        """Loader over ``split``; ``train`` shuffles and augments (the last batch is kept)."""
+        """Loader over ``split``, normalised; ``train`` shuffles and uses the training batch size
+        (the last batch is kept). Augmentation happens after transfer (`on_after_batch_transfer`).
+        """
         batch_size = self.hparams.batch_size
         if not train:
             batch_size = self.hparams.eval_batch_size or batch_size
-        transform = self.train_transform if train else self.eval_transform
         return DataLoader(
-            FERDataset(self.split_arrays(split), transform),
+            FERDataset(self.split_arrays(split), self.hparams.in_channels),
             batch_size=batch_size,
+            collate_fn=_already_batched,
             shuffle=train,
             drop_last=False,
             num_workers=self.hparams.num_workers,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment training batches on the device they train on; other batches pass as they are,
+        as do bare tensors (Lightning sends the model's example input through this hook too)."""
+        if self.trainer is not None and self.trainer.training and not torch.is_tensor(batch):
+            return self.batch_augment(*batch)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train", train=True)
