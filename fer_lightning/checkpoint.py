@@ -13,6 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
+from torch import nn
 
 from fer_lightning import pretrained
 from fer_lightning.errors import FERUserError
@@ -79,11 +80,29 @@ def load_weights(
     system: LightningModule, checkpoint: dict[str, Any], path: str | os.PathLike
 ) -> None:
     """Load the checkpoint's state dict into ``system``; weights of another shape: one line."""
+    _load_state(system, checkpoint["state_dict"], system.net, path)
+
+
+def load_net_weights(system: LightningModule, path: str | os.PathLike) -> None:
+    """Start ``system``'s net from the net weights of ``path`` (a checkpoint or
+    `pretrained:<name>`). Only the net's: the system keeps its own loss weights and best scores."""
+    prefix = "net."
+    state = read_checkpoint(path)["state_dict"]
+    net_state = {
+        key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)
+    }
+    _load_state(system.net, net_state, system.net, path)
+
+
+def _load_state(
+    module: nn.Module, state: dict[str, Any], net: nn.Module, path: str | os.PathLike
+) -> None:
+    """``module.load_state_dict(state)``; weights that do not fit ``net`` fail in one line."""
     try:
-        system.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(state)
     except RuntimeError as err:
         raise FERUserError(
-            f"{path}: its weights do not fit the network {type(system.net).__name__} "
+            f"{path}: its weights do not fit the network {type(net).__name__} "
             f"({str(err).splitlines()[0]})"
         ) from err
 

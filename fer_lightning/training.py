@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.callbacks import log_hparams_with_metrics
-from fer_lightning.checkpoint import StoreRunConfig, check_resumable
+from fer_lightning.checkpoint import StoreRunConfig, check_resumable, load_net_weights
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 
@@ -28,8 +28,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
     datamodule, system = build_data_and_system(cfg)
+    if cfg.get("ckpt_path") and cfg.get("init_weights"):
+        raise FERUserError(
+            "set ckpt_path (resume a run) or init_weights (a new run from trained weights), "
+            "not both"
+        )
     if cfg.get("train") and cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model, system)
+    if cfg.get("init_weights"):
+        load_net_weights(system, cfg.init_weights)
     run_config = resolved_run_config(cfg)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
     loggers = instantiate_group(cfg.get("logger"))

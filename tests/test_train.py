@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
+    load_net_weights,
     read_checkpoint,
     system_from_checkpoint,
 )
@@ -20,7 +21,7 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
-from fer_lightning.training import train
+from fer_lightning.training import build_data_and_system, train
 from tests.conftest import LIMITED_RUN, compose_config, run_script
 
 
@@ -245,3 +246,25 @@ def test_evaluate_rejects_an_unknown_split(trained_run, tmp_path):
     )
     with pytest.raises(FERUserError, match="split must be one of"):
         evaluate(cfg)
+
+
+def test_init_weights_starts_a_new_run_from_the_net_weights(trained_run, train_cfg, tiny_csv):
+    best = trained_run / "checkpoints" / "best.ckpt"
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    # no training: the test then scores the initial weights, which are the trained run's net
+    cfg = train_cfg(f"init_weights={best}", "train=false", "data.class_weighting=balanced")
+    datamodule, system = build_data_and_system(cfg)
+    metrics = train(cfg)
+    assert metrics["test/acc"] == pytest.approx(trained["accuracy"])
+    # the new run keeps its own loss weights (balanced), not the checkpoint's (none)
+    load_net_weights(system, best)
+    torch.testing.assert_close(system.loss_weights, torch.tensor(datamodule.class_weights()))
+    assert not torch.equal(system.loss_weights, torch.ones(len(EMOTIONS)))
+
+
+def test_init_weights_errors_are_one_line(trained_run, train_cfg):
+    best = trained_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(FERUserError, match="not both"):
+        train(train_cfg(f"init_weights={best}", f"ckpt_path={best}"))
+    with pytest.raises(FERUserError, match=r"best\.ckpt: its weights do not fit the network"):
+        train(train_cfg(f"init_weights={best}", "model=deep", "train=false"))
