@@ -9,6 +9,7 @@ import torch
 
 from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning.classes import EMOTIONS
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.pretrained.__main__ import ship
@@ -45,6 +46,20 @@ def test_shipped_weights_evaluate_like_the_checkpoint(
         assert report["accuracy"] == pytest.approx(trained["accuracy"])
 
 
+def test_fp16_refuses_weights_that_overflow_it(trained_checkpoint, weights_dir, tmp_path):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["state_dict"]["net.dense_1.bias"][0] = 1e6  # like a large BatchNorm variance
+    too_big = tmp_path / "too_big.ckpt"
+    torch.save(checkpoint, too_big)
+    with pytest.raises(
+        FERUserError, match=r"net\.dense_1\.bias: values up to 1e\+06 overflow fp16"
+    ):
+        ship(str(too_big), "too_big", half=True)
+    assert not (weights_dir / "too_big.pt").exists()
+    ship(str(too_big), "too_big", half=False)  # fp32 holds it
+    assert (weights_dir / "too_big.pt").is_file()
+
+
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
     ship(str(trained_checkpoint), "tiny", False)
     assert pretrained.available() == ["tiny"]
@@ -52,13 +67,21 @@ def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weigh
         read_checkpoint("pretrained:huge")
 
 
-def test_shipped_baseline_loads_offline_and_classifies(tmp_path, tiny_csv):
-    """The real shipped file: seed 000's net, FER2013's classes, a report on any fer2013 csv."""
-    assert "baseline" in pretrained.available()
-    checkpoint = read_checkpoint("pretrained:baseline")
-    assert checkpoint["fer_run_config"]["model"]["net"]["_target_"].endswith("BaselineCNN")
+@pytest.mark.parametrize(
+    ("name", "net_class", "max_megabytes"),
+    [("baseline", "BaselineCNN", 25), ("deep", "DeepConcatNet", 25)],
+)
+def test_shipped_weights_load_offline_and_classify(
+    tmp_path, tiny_csv, name, net_class, max_megabytes
+):
+    """The real shipped files: the right net, FER2013's classes, a report on any fer2013 csv."""
+    assert name in pretrained.available()
+    assert (pretrained.WEIGHTS_DIR / f"{name}.pt").stat().st_size <= max_megabytes * 10**6
+    checkpoint = read_checkpoint(f"pretrained:{name}")
+    assert checkpoint["fer_run_config"]["model"]["net"]["_target_"].endswith(net_class)
+    assert checkpoint["hyper_parameters"]["class_names"] == list(EMOTIONS)
     cfg = compose_config(
-        "evaluate", tmp_path, ["ckpt_path=pretrained:baseline", f"data.csv_path={tiny_csv}"]
+        "evaluate", tmp_path, [f"ckpt_path=pretrained:{name}", f"data.csv_path={tiny_csv}"]
     )
     report = evaluate(cfg)
     assert report["support"] == 70

@@ -63,11 +63,21 @@ def test_train_then_evaluate_on_real_data(tmp_path: Path, model: str):
         assert row.split()[-1] == str(support)
 
 
-def test_shipped_baseline_meets_its_targets_on_private_test(tmp_path: Path):
-    """`pretrained:baseline` (seed 000's CNN) reaches >= 62 % accuracy and >= 0.55 macro-F1."""
+@pytest.mark.parametrize(
+    ("name", "min_accuracy", "min_f1_macro"),
+    [
+        ("baseline", 0.62, 0.55),  # issue 5's targets (measured 0.6336 / 0.5968)
+        ("deep", 0.638, 0.572),  # what it measured; issue 5's 0.64 / 0.58 are not met yet
+    ],
+)
+def test_shipped_weights_keep_their_private_test_scores(
+    tmp_path: Path, name: str, min_accuracy: float, min_f1_macro: float
+):
+    """`pretrained:baseline` (seed 000's CNN) and `pretrained:deep` (seed 004's net) score at
+    least this on PrivateTest without TTA."""
     result = run_script(
         "evaluate.py",
-        "ckpt_path=pretrained:baseline",
+        f"ckpt_path=pretrained:{name}",
         f"data.csv_path={REAL_CSV}",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={tmp_path}",
@@ -75,5 +85,5 @@ def test_shipped_baseline_meets_its_targets_on_private_test(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["support"] == 3589
-    assert metrics["accuracy"] >= 0.62
-    assert metrics["f1_macro"] >= 0.55
+    assert metrics["accuracy"] >= min_accuracy
+    assert metrics["f1_macro"] >= min_f1_macro

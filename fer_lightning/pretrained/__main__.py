@@ -15,14 +15,16 @@ import torch
 
 from fer_lightning.checkpoint import RUN_CONFIG_KEY, read_checkpoint
 from fer_lightning.cli import exit_on_user_error
+from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
 from fer_lightning.pretrained import WEIGHTS_DIR
 
 
 def slim(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
-    """A Lightning checkpoint without optimizer/loop state; float weights in fp16 if `half`."""
+    """A Lightning checkpoint without optimizer/loop state; float weights in fp16 if `half`
+    (refused when a value does not fit fp16, e.g. a BatchNorm running variance above 65,504)."""
     state = {
-        key: value.half() if half and value.is_floating_point() else value
+        key: _to_half(key, value) if half and value.is_floating_point() else value
         for key, value in checkpoint["state_dict"].items()
     }
     return {
@@ -30,6 +32,17 @@ def slim(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
         "hyper_parameters": checkpoint["hyper_parameters"],
         RUN_CONFIG_KEY: checkpoint[RUN_CONFIG_KEY],
     }
+
+
+def _to_half(key: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` in fp16, or a user error naming ``key`` when fp16 cannot hold it."""
+    half = value.half()
+    if not torch.isfinite(half).all() and torch.isfinite(value).all():
+        raise FERUserError(
+            f"{key}: values up to {value.abs().max().item():.4g} overflow fp16 "
+            f"(max {torch.finfo(torch.float16).max:,.0f}); ship these weights without --fp16"
+        )
+    return half
 
 
 def ship(ckpt: str, name: str, half: bool) -> None:
