@@ -3,7 +3,7 @@
     python benchmarks/bench_train_loop.py --csv ../shared/fer2013/fer2013.csv.gz --model baseline
 
 Both loops run in one process with the same net (conf/model/<model>.yaml), batch size and optimizer.
-The bare loop steps over one preloaded, normalised batch: no augmentation, no DataLoader, no
+The bare loop steps over preloaded, normalised batches: no augmentation, no DataLoader, no
 metrics. The real loop is `fer_lightning.training.train` on the composed train config (its
 loader, the batch augmentation after transfer, metrics, logging as configured); validation and the
 end-of-epoch checkpoint are left out so that only training steps are timed. A callback records
@@ -53,15 +53,23 @@ def step_seconds(ends: list[float], warmup: int) -> list[float]:
 
 
 def bare_loop(cfg: DictConfig, steps: int, warmup: int) -> list[float]:
-    """Forward+backward+step of the same net and optimizer on one preloaded batch."""
+    """Forward+backward+step of the same net and optimizer over preloaded, distinct batches.
+
+    Distinct batches matter: stepping on one batch over and over overfits it within a hundred
+    steps, and its vanishing gradients made the bare loop look slower than the real one.
+    """
     datamodule, _ = build_data_and_system(cfg)
-    images, labels = next(iter(datamodule.dataloader("train", train=False)))
+    loader = datamodule.dataloader("train", train=False)  # unshuffled, not augmented
     batch_size = cfg.data.batch_size
-    images, labels = images[:batch_size], labels[:batch_size]
+    batches = [
+        (images[start : start + batch_size], labels[start : start + batch_size])
+        for images, labels in loader
+        for start in range(0, len(labels) - batch_size + 1, batch_size)
+    ][: warmup + steps]
     net = hydra.utils.instantiate(cfg.model.net).train()
     optimizer = hydra.utils.instantiate(cfg.model.optimizer)(params=net.parameters())
     ends = [time.perf_counter()]
-    for _ in range(warmup + steps):
+    for images, labels in batches:
         loss = F.cross_entropy(net(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,6 +93,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     args, extra = parser.parse_known_args()
     extra = [item for item in extra if item != "--"]
+    # both loops alike: denormal floats (tiny activations and gradients) slow x86 CPUs by a
+    # varying amount that has nothing to do with the loop being measured
+    torch.set_flush_denormal(True)
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(
