@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,16 +46,9 @@ def test_train_then_evaluate_on_real_data(tmp_path: Path, model: str):
         f"hydra.run.dir={run_dir}",
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    eval_dir = tmp_path / "evaluate"
-    evaluated = run_script(
-        "evaluate.py",
-        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"data.csv_path={REAL_CSV}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={eval_dir}",
+    evaluated, metrics = _evaluate_on_private_test(
+        run_dir / "checkpoints" / "best.ckpt", tmp_path / "evaluate", tmp_path / "cache"
     )
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
     supports = {name: values["support"] for name, values in metrics["per_class"].items()}
     assert supports == PRIVATE_TEST_SUPPORT
     assert metrics["support"] == 3589
@@ -75,15 +69,22 @@ def test_shipped_weights_keep_their_private_test_scores(
 ):
     """`pretrained:baseline` (seed 000's CNN) and `pretrained:deep` (seed 004's net) score at
     least this on PrivateTest without TTA."""
-    result = run_script(
-        "evaluate.py",
-        f"ckpt_path=pretrained:{name}",
-        f"data.csv_path={REAL_CSV}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={tmp_path}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    _, metrics = _evaluate_on_private_test(f"pretrained:{name}", tmp_path, tmp_path / "cache")
     assert metrics["support"] == 3589
     assert metrics["accuracy"] >= min_accuracy
     assert metrics["f1_macro"] >= min_f1_macro
+
+
+def _evaluate_on_private_test(
+    ckpt_path: str | Path, run_dir: Path, cache_dir: Path
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """`evaluate.py` on the real csv's PrivateTest: the finished process and its metrics.json."""
+    evaluated = run_script(
+        "evaluate.py",
+        f"ckpt_path={ckpt_path}",
+        f"data.csv_path={REAL_CSV}",
+        f"data.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    return evaluated, json.loads((run_dir / "metrics.json").read_text())
