@@ -2,19 +2,25 @@
 
     python benchmarks/bench_train_loop.py --csv ../shared/fer2013/fer2013.csv.gz --model baseline
 
-Both loops run in one process with the same net (conf/model/<model>.yaml), batch size and optimizer.
-The bare loop steps over preloaded, normalised batches: no augmentation, no DataLoader, no
-metrics. The real loop is `fer_lightning.training.train` on the composed train config (its
-loader, the batch augmentation after transfer, metrics, logging as configured); validation and the
-end-of-epoch checkpoint are left out so that only training steps are timed. A callback records
-per-step wall times after --warmup steps; the script prints the median images/s of both loops,
-their ratio and its own command line. Hydra overrides for the real loop follow `--`, e.g.
-`-- data.num_workers=1`.
+The real loop is `fer_lightning.training.train` on the composed train config (its loader, the
+batch augmentation after transfer, metrics, logging as configured); validation and the
+end-of-epoch checkpoint are left out so that only training steps are timed. The bare loop is a
+copy of the same net (same initial weights) with the same optimizer class and settings, stepping
+forward+backward+step over preloaded, normalised batches: no augmentation, no DataLoader, no
+metrics.
+
+The two loops are interleaved in one process: after the warm-up, every `--block` real steps a
+callback runs `--block` bare steps. This VM's CPU speed drifts by up to 2x within minutes, so
+timing one loop after the other measured the drift, not the loops. The first `--settle` steps of
+every block are left out (caches refill when the loops switch nets). The script prints the median
+images/s of both loops, the ratio of those medians, the spread of the per-block ratios and its
+own command line. Hydra overrides for the real loop follow `--`, e.g. `-- data.num_workers=1`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import shlex
 import statistics
@@ -22,66 +28,74 @@ import sys
 import tempfile
 import time
 
-import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from fer_lightning.config import compose_config
-from fer_lightning.training import build_data_and_system, train
+from fer_lightning.training import train
 
 
-class StepTimer(pl.Callback):
-    """Wall time at the end of every training step (data loading included); the latest
-    instance is kept on the class because `train()` builds its callbacks from the config."""
+class InterleavedTimer(pl.Callback):
+    """Times the real loop's steps and, every `block` of them, runs and times `block` bare steps.
 
-    latest: StepTimer | None = None
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-        StepTimer.latest = self
-
-    def on_train_batch_end(self, *args: object) -> None:
-        self.ends.append(time.perf_counter())
-
-
-def step_seconds(ends: list[float], warmup: int) -> list[float]:
-    """Durations between consecutive step ends, the first `warmup` steps left out."""
-    timed = ends[warmup:]
-    return [later - earlier for earlier, later in itertools.pairwise(timed)]
-
-
-def bare_loop(cfg: DictConfig, steps: int, warmup: int) -> list[float]:
-    """Forward+backward+step of the same net and optimizer over preloaded, distinct batches.
-
-    Distinct batches matter: stepping on one batch over and over overfits it within a hundred
-    steps, and its vanishing gradients made the bare loop look slower than the real one.
+    Real steps are timed end to end (data loading and transfer included) between consecutive
+    `on_train_batch_end` calls. The latest instance is kept on the class because `train()`
+    builds its callbacks from the config.
     """
-    datamodule, _ = build_data_and_system(cfg)
-    loader = datamodule.dataloader("train", train=False)  # unshuffled, not augmented
-    batch_size = cfg.data.batch_size
-    batches = [
-        (images[start : start + batch_size], labels[start : start + batch_size])
-        for images, labels in loader
-        for start in range(0, len(labels) - batch_size + 1, batch_size)
-    ][: warmup + steps]
-    net = hydra.utils.instantiate(cfg.model.net).train()
-    optimizer = hydra.utils.instantiate(cfg.model.optimizer)(params=net.parameters())
-    ends = [time.perf_counter()]
-    for images, labels in batches:
-        loss = F.cross_entropy(net(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ends.append(time.perf_counter())
-    return step_seconds(ends, warmup)
 
+    latest: InterleavedTimer | None = None
 
-def real_loop(cfg: DictConfig, steps: int, warmup: int) -> list[float]:
-    """`train()` itself for warmup + steps training batches, timed by StepTimer."""
-    train(cfg)
-    return step_seconds(StepTimer.latest.ends, warmup)
+    def __init__(self, warmup: int, block: int, settle: int) -> None:
+        self.warmup, self.block, self.settle = warmup, block, settle
+        self.real_blocks: list[list[float]] = []
+        self.bare_blocks: list[list[float]] = []
+        self._last_end: float | None = None
+        InterleavedTimer.latest = self
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Copy the net and optimizer settings; preload distinct, unshuffled, unaugmented batches.
+
+        Distinct batches matter: stepping on one batch over and over overfits it within a
+        hundred steps, and its vanishing gradients made the bare loop look slower than the real one.
+        """
+        self.net = copy.deepcopy(pl_module.net).train()
+        real_optimizer = trainer.optimizers[0]
+        self.optimizer = type(real_optimizer)(self.net.parameters(), **real_optimizer.defaults)
+        batch_size = trainer.datamodule.hparams.batch_size
+        loader = trainer.datamodule.dataloader("train", train=False)
+        self.batches = [
+            (images[start : start + batch_size], labels[start : start + batch_size])
+            for images, labels in loader
+            for start in range(0, len(labels) - batch_size + 1, batch_size)
+        ]
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object
+    ) -> None:
+        now = time.perf_counter()
+        timed_steps = trainer.global_step - self.warmup  # this step included
+        if timed_steps > 0:
+            if (timed_steps - 1) % self.block == 0:
+                self.real_blocks.append([])
+            self.real_blocks[-1].append(now - self._last_end)
+            if timed_steps % self.block == 0:
+                self.bare_blocks.append(self._bare_block(len(self.bare_blocks)))
+        self._last_end = time.perf_counter()
+
+    def _bare_block(self, index: int) -> list[float]:
+        """`block` bare steps over the next batches; their durations."""
+        durations = []
+        with torch.enable_grad():
+            for step in range(self.block):
+                images, labels = self.batches[(index * self.block + step) % len(self.batches)]
+                start = time.perf_counter()
+                loss = F.cross_entropy(self.net(images), labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                durations.append(time.perf_counter() - start)
+        return durations
 
 
 def main() -> None:
@@ -89,14 +103,19 @@ def main() -> None:
     parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
     parser.add_argument("--model", default="baseline", help="a conf/model/<name>.yaml")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per loop")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--blocks", type=int, default=10, help="pairs of timed blocks")
+    parser.add_argument("--block", type=int, default=20, help="steps per block")
+    parser.add_argument("--settle", type=int, default=2, help="untimed steps per block")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed real steps first")
     args, extra = parser.parse_known_args()
     extra = [item for item in extra if item != "--"]
+    if not 0 <= args.settle < args.block:
+        parser.error("--settle must be at least 0 and less than --block")
     # both loops alike: denormal floats (tiny activations and gradients) slow x86 CPUs by a
     # varying amount that has nothing to do with the loop being measured
     torch.set_flush_denormal(True)
 
+    timer = "+callbacks.interleaved_timer"
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(
             "train",
@@ -107,31 +126,45 @@ def main() -> None:
                 f"data.csv_path={args.csv}",
                 f"data.batch_size={args.batch_size}",
                 "trainer.max_epochs=1",
-                f"trainer.limit_train_batches={args.warmup + args.steps + 1}",
+                f"trainer.limit_train_batches={args.warmup + args.blocks * args.block}",
                 "trainer.limit_val_batches=0",
                 "test=false",
                 "~callbacks.model_checkpoint",
                 "~callbacks.early_stopping",
-                f"+callbacks.step_timer._target_={__name__}.StepTimer",
+                f"{timer}._target_={__name__}.InterleavedTimer",
+                f"{timer}.warmup={args.warmup}",
+                f"{timer}.block={args.block}",
+                f"{timer}.settle={args.settle}",
                 *extra,
             ],
         )
-        real = real_loop(cfg, args.steps, args.warmup)
-        bare = bare_loop(cfg, args.steps, args.warmup)
+        train(cfg)
+    timed = InterleavedTimer.latest
+    real_blocks = [block[args.settle :] for block in timed.real_blocks]
+    bare_blocks = [block[args.settle :] for block in timed.bare_blocks]
+    real_rate = args.batch_size / statistics.median(list(itertools.chain(*real_blocks)))
+    bare_rate = args.batch_size / statistics.median(list(itertools.chain(*bare_blocks)))
+    block_ratios = sorted(
+        statistics.median(bare) / statistics.median(real)
+        for real, bare in zip(real_blocks, bare_blocks, strict=True)
+    )
 
-    real_rate = args.batch_size / statistics.median(real)
-    bare_rate = args.batch_size / statistics.median(bare)
     print(f"`python {shlex.join(sys.argv)}`  ")
     print(
-        f"model {args.model}, batch {args.batch_size}, {args.steps} timed steps after "
-        f"{args.warmup} warm-up steps; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; medians of per-step times\n"
+        f"model {args.model}, batch {args.batch_size}, {len(block_ratios)} interleaved pairs of "
+        f"{args.block}-step blocks ({args.settle} settling steps each left out) after "
+        f"{args.warmup} warm-up steps; torch {torch.__version__}, {torch.get_num_threads()} "
+        "threads; medians of per-step times\n"
     )
     print("| loop | images/s |")
     print("|---|---:|")
     print(f"| bare forward+backward+step | {bare_rate:.0f} |")
     print(f"| train.py (augmentation, loader, metrics, logging) | {real_rate:.0f} |")
     print(f"| ratio train.py / bare | {real_rate / bare_rate:.2f} |")
+    print(
+        f"| per-block ratios: min / median / max | {block_ratios[0]:.2f} / "
+        f"{statistics.median(block_ratios):.2f} / {block_ratios[-1]:.2f} |"
+    )
 
 
 if __name__ == "__main__":
