@@ -15,6 +15,7 @@ from fer_lightning.data import FERPLUS_CLASSES, load_fer2013_csv, load_ferplus, 
 from fer_lightning.data.ferplus import NO_MAJORITY, VOTE_COLUMNS
 from fer_lightning.errors import DataFormatError, FERUserError
 from fer_lightning.training import train
+from tests.conftest import compose_config, tiny_data_overrides
 
 
 def _votes(**counts: int) -> list[int]:
@@ -79,10 +80,16 @@ def test_ferplus_file_errors_name_file_line_and_field(tiny_csv, tmp_path):
         load_ferplus(tiny_csv, short)
 
 
-def test_ferplus_config_trains_eight_classes(train_cfg, tiny_csv, tmp_path):
+@pytest.mark.parametrize("choice", ["data=ferplus", "experiment=baseline_ferplus"])
+def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
     votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
-    cfg = train_cfg("data=ferplus", f"data.ferplus_csv={votes_csv}", "debug=fdr")
+    tiny_data = [item for item in tiny_data_overrides(tiny_csv) if item != "data=fer2013"]
+    overrides = [choice, *tiny_data, f"data.ferplus_csv={votes_csv}", "debug=fdr"]
+    cfg = compose_config("train", tmp_path / "run", overrides)
     assert cfg.model.net.num_classes == 8
+    if choice.startswith("experiment="):  # the baseline recipe, only the labels change
+        assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
+        assert cfg.data.augment.pad_crop == 4
     train(cfg)
     report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert list(report["per_class"]) == list(FERPLUS_CLASSES)
