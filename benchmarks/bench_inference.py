@@ -3,8 +3,10 @@
     python benchmarks/bench_inference.py --models baseline deep resnet --device cpu
 
 Each net is built from conf/model/<name>.yaml (its own input channels), put in eval mode and run
-under `torch.inference_mode()` on random 48x48 input; after --warmup calls, the median of --repeats
-timed calls gives images/s. Prints a markdown table and this command line.
+under `torch.inference_mode()` on random 48x48 input. The calls are interleaved: each round calls
+every (net, batch size) pair once, so that a drift of the machine's speed over minutes (this VM's
+drifts up to 2x) affects every pair alike. After --warmup rounds, the median of --repeats timed
+calls per pair gives images/s. Prints a markdown table and this command line.
 """
 
 from __future__ import annotations
@@ -23,21 +25,15 @@ from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.config import compose_config
 
 
-def images_per_second(
-    net: torch.nn.Module, batch: torch.Tensor, warmup: int, repeats: int
-) -> float:
-    """Median throughput of `net` on `batch` over `repeats` timed calls."""
+def call_seconds(net: torch.nn.Module, batch: torch.Tensor) -> float:
+    """Wall time of one inference call of `net` on `batch`."""
     synchronize = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
-    seconds = []
     with torch.inference_mode():
-        for index in range(warmup + repeats):
-            synchronize()
-            start = time.perf_counter()
-            net(batch)
-            synchronize()
-            if index >= warmup:
-                seconds.append(time.perf_counter() - start)
-    return batch.shape[0] / statistics.median(seconds)
+        synchronize()
+        start = time.perf_counter()
+        net(batch)
+        synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -50,27 +46,34 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    rows = []
+    nets, parameters = {}, {}
     with tempfile.TemporaryDirectory() as run_dir:
         for model in args.models:
             net_cfg = compose_config("train", run_dir, [f"model={model}"]).model.net
-            net = hydra.utils.instantiate(net_cfg).to(device).eval()
-            rates = []
-            for batch_size in args.batch_sizes:
-                batch = torch.randn(batch_size, net.in_channels, IMAGE_SIZE, IMAGE_SIZE)
-                rates.append(images_per_second(net, batch.to(device), args.warmup, args.repeats))
-            parameters = sum(parameter.numel() for parameter in net.parameters())
-            rows.append((model, parameters, rates))
+            nets[model] = hydra.utils.instantiate(net_cfg).to(device).eval()
+            parameters[model] = sum(parameter.numel() for parameter in nets[model].parameters())
+    batches = {
+        (model, size): torch.randn(size, net.in_channels, IMAGE_SIZE, IMAGE_SIZE, device=device)
+        for model, net in nets.items()
+        for size in args.batch_sizes
+    }
+    seconds: dict[tuple[str, int], list[float]] = {pair: [] for pair in batches}
+    for round_index in range(args.warmup + args.repeats):
+        for (model, size), batch in batches.items():
+            elapsed = call_seconds(nets[model], batch)
+            if round_index >= args.warmup:
+                seconds[model, size].append(elapsed)
 
     print(f"`python {shlex.join(sys.argv)}`  ")
     print(
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"medians of {args.repeats} calls after {args.warmup} warm-up calls\n"
+        f"medians of {args.repeats} interleaved rounds after {args.warmup} warm-up rounds\n"
     )
     print("| model | parameters | " + " | ".join(f"batch {b} images/s" for b in args.batch_sizes))
     print("|---|---:|" + "---:|" * len(args.batch_sizes))
-    for model, parameters, rates in rows:
-        print(f"| {model} | {parameters:,} | " + " | ".join(f"{rate:,.0f}" for rate in rates))
+    for model in args.models:
+        rates = [size / statistics.median(seconds[model, size]) for size in args.batch_sizes]
+        print(f"| {model} | {parameters[model]:,} | " + " | ".join(f"{r:,.0f}" for r in rates))
 
 
 if __name__ == "__main__":
