@@ -70,7 +70,13 @@ def datamodule_from_checkpoint(
     """The training run's datamodule, loaded; non-null ``overrides`` (csv_path, cache_dir, ...)
     replace the stored data settings."""
     kept = {key: value for key, value in overrides.items() if value is not None}
-    datamodule = hydra.utils.instantiate(OmegaConf.merge(run_config(checkpoint).data, kept))
+    stored = run_config(checkpoint).data
+    foreign = sorted(kept.keys() - stored.keys())
+    if foreign:
+        raise FERUserError(
+            f"data.{foreign[0]} does not apply to this checkpoint's data ({stored._target_})"
+        )
+    datamodule = hydra.utils.instantiate(OmegaConf.merge(stored, kept))
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule

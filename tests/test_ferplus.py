@@ -15,7 +15,7 @@ from fer_lightning.data import FERPLUS_CLASSES, load_fer2013_csv, load_ferplus, 
 from fer_lightning.data.ferplus import NO_MAJORITY, VOTE_COLUMNS
 from fer_lightning.errors import DataFormatError, FERUserError
 from fer_lightning.training import train
-from tests.conftest import compose_config, tiny_data_overrides
+from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
 
 
 def _votes(**counts: int) -> list[int]:
@@ -93,6 +93,42 @@ def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
     train(cfg)
     report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert list(report["per_class"]) == list(FERPLUS_CLASSES)
+
+
+def test_evaluate_takes_the_votes_file_of_this_machine(tiny_csv, tmp_path):
+    """A FER+ checkpoint whose votes file has moved evaluates with `data.ferplus_csv=<new path>`."""
+    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    tiny_data = [item for item in tiny_data_overrides(tiny_csv) if item != "data=fer2013"]
+    overrides = ["data=ferplus", *tiny_data, f"data.ferplus_csv={votes_csv}", *LIMITED_RUN]
+    cfg = compose_config("train", tmp_path / "run", [*overrides, "test=false"])
+    train(cfg)
+    moved = votes_csv.rename(tmp_path / "moved.csv")
+    evaluated = run_script(
+        "evaluate.py",
+        f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'best.ckpt'}",
+        f"data.csv_path={tiny_csv}",
+        f"data.ferplus_csv={moved}",
+        f"hydra.run.dir={tmp_path / 'evaluate'}",
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
+    assert list(report["per_class"]) == list(FERPLUS_CLASSES)
+
+
+def test_evaluate_refuses_a_votes_file_for_a_fer2013_checkpoint(tiny_csv, tmp_path):
+    evaluated = run_script(
+        "evaluate.py",
+        "ckpt_path=pretrained:baseline",
+        f"data.csv_path={tiny_csv}",
+        f"data.ferplus_csv={tmp_path / 'fer2013new.csv'}",
+        f"hydra.run.dir={tmp_path / 'evaluate'}",
+    )
+    assert evaluated.returncode == 2
+    assert evaluated.stderr.strip() == (
+        "error: data.ferplus_csv does not apply to this checkpoint's data "
+        "(fer_lightning.data.FER2013DataModule)"
+    )
+    assert not (tmp_path / "evaluate" / "metrics.json").exists()
 
 
 def test_num_classes_must_match_the_data(train_cfg):
