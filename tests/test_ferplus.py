@@ -80,12 +80,19 @@ def test_ferplus_file_errors_name_file_line_and_field(tiny_csv, tmp_path):
         load_ferplus(tiny_csv, short)
 
 
+def _ferplus_train_cfg(tiny_csv: Path, votes_csv: Path, run_dir: Path, *overrides: str):
+    """The train config on the tiny csv and its votes file; `overrides` choose FER+ (data= or
+    experiment=) and the run's length."""
+    tiny_data = [item for item in tiny_data_overrides(tiny_csv) if item != "data=fer2013"]
+    return compose_config(
+        "train", run_dir, [*tiny_data, f"data.ferplus_csv={votes_csv}", *overrides]
+    )
+
+
 @pytest.mark.parametrize("choice", ["data=ferplus", "experiment=baseline_ferplus"])
 def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
     votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
-    tiny_data = [item for item in tiny_data_overrides(tiny_csv) if item != "data=fer2013"]
-    overrides = [choice, *tiny_data, f"data.ferplus_csv={votes_csv}", "debug=fdr"]
-    cfg = compose_config("train", tmp_path / "run", overrides)
+    cfg = _ferplus_train_cfg(tiny_csv, votes_csv, tmp_path / "run", choice, "debug=fdr")
     assert cfg.model.net.num_classes == 8
     if choice.startswith("experiment="):  # the baseline recipe, only the labels change
         assert cfg.model.optimizer._target_ == "torch.optim.AdamW"
@@ -98,9 +105,9 @@ def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
 def test_evaluate_takes_the_votes_file_of_this_machine(tiny_csv, tmp_path):
     """A FER+ checkpoint whose votes file has moved evaluates with `data.ferplus_csv=<new path>`."""
     votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
-    tiny_data = [item for item in tiny_data_overrides(tiny_csv) if item != "data=fer2013"]
-    overrides = ["data=ferplus", *tiny_data, f"data.ferplus_csv={votes_csv}", *LIMITED_RUN]
-    cfg = compose_config("train", tmp_path / "run", [*overrides, "test=false"])
+    cfg = _ferplus_train_cfg(
+        tiny_csv, votes_csv, tmp_path / "run", "data=ferplus", *LIMITED_RUN, "test=false"
+    )
     train(cfg)
     moved = votes_csv.rename(tmp_path / "moved.csv")
     evaluated = run_script(
