@@ -17,8 +17,11 @@ from torch import nn
 
 from fer_lightning import pretrained
 from fer_lightning.errors import FERUserError
+from fer_lightning.tta import check_tta_mode
 
 RUN_CONFIG_KEY = "fer_run_config"
+# shipped weights carry the test-time augmentation chosen for them on PublicTest
+TTA_KEY = "tta"
 
 
 class StoreRunConfig(Callback):
@@ -52,6 +55,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def run_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The training run's resolved config stored in a checkpoint."""
     return OmegaConf.create(checkpoint[RUN_CONFIG_KEY])
+
+
+def stored_tta(checkpoint: dict[str, Any]) -> str:
+    """The TTA mode a checkpoint was shipped with (`none` for a training checkpoint)."""
+    return check_tta_mode(str(checkpoint.get(TTA_KEY, "none")))
 
 
 def system_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> LightningModule:

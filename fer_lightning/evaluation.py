@@ -11,6 +11,7 @@ from fer_lightning.builders import build_trainer
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
+    stored_tta,
     system_from_checkpoint,
 )
 from fer_lightning.errors import FERUserError
@@ -29,13 +30,16 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     datamodule = datamodule_from_checkpoint(checkpoint, cfg.data)
     system = system_from_checkpoint(checkpoint, cfg.ckpt_path)
-    system.tta = check_tta_mode(cfg.tta)
+    tta = stored_tta(checkpoint) if cfg.tta is None else check_tta_mode(cfg.tta)
+    if cfg.tta is None and tta != "none":
+        log.info("tta=%s: the mode shipped with these weights (tta=none turns it off)", tta)
+    system.tta = tta
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
     trainer.test(system, dataloaders=datamodule.dataloader(cfg.split), verbose=False)
 
     extra = {
         "split": cfg.split,
-        "tta": cfg.tta,
+        "tta": tta,
         "ckpt_path": str(Path(cfg.ckpt_path).expanduser()),
     }
     report = publish_report(
@@ -43,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
         datamodule.class_names,
         cfg.paths.output_dir,
         extra,
-        title=f"{cfg.ckpt_path} on split '{cfg.split}' (tta={cfg.tta}):",
+        title=f"{cfg.ckpt_path} on split '{cfg.split}' (tta={tta}):",
     )
     log.info("Report written to %s", cfg.paths.output_dir)
     return report

@@ -131,7 +131,7 @@ def export(cfg: DictConfig) -> Path:
         )
     checkpoint = read_checkpoint(cfg.ckpt_path)
     reference = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
-    metadata = model_metadata(reference.class_names, reference.in_channels)
+    metadata = model_metadata(reference)
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.parity_batch_size, reference.in_channels, IMAGE_SIZE, IMAGE_SIZE)
     example = torch.rand(shape, generator=generator) * 2 - 1  # the eval transform's [-1, 1]

@@ -3,9 +3,9 @@ weights, ONNX or TorchScript file) and to classify 48x48 gray faces with exactly
 preprocessing that training evaluates with.
 
 ``load_classifier(ckpt_path)`` is the single entry point used by predict, export and explore; it
-returns a ``Classifier`` with ``class_names``, ``in_channels`` and ``predict_proba``. ONNX models
-run on onnxruntime (torch does no inference there); their class names and input channels travel in
-the file's metadata, as they do in a TorchScript file's extra files.
+returns a ``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``. ONNX
+models run on onnxruntime (torch does no inference there); their class names, input channels and TTA
+mode travel in the file's metadata, as they do in a TorchScript file's extra files.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint, system_from_checkpoint
+from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
 from fer_lightning.errors import FERUserError
+from fer_lightning.tta import check_tta_mode, views
 
 CHECKPOINT_SUFFIX = ".ckpt"
 # exported formats and the file suffix each one is written with and recognised by
@@ -55,11 +56,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier(ABC):
-    """A trained FER classifier: gray uint8 faces in, class probabilities out."""
+    """A trained FER classifier: gray uint8 faces in, class probabilities out (averaged over the
+    views of test-time augmentation ``tta``, as evaluate.py averages them)."""
 
-    def __init__(self, class_names: Sequence[str], in_channels: int) -> None:
+    def __init__(self, class_names: Sequence[str], in_channels: int, tta: str = "none") -> None:
         self.class_names = [str(name) for name in class_names]
         self.in_channels = check_in_channels(int(in_channels))
+        self.tta = check_tta_mode(tta)
 
     @abstractmethod
     def logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -80,19 +83,26 @@ class Classifier(ABC):
     def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for uint8 faces (N, 48, 48), ``batch_size`` at a time."""
         batches = [
-            softmax(self.logits(self.preprocess(faces[start : start + batch_size])))
+            self._probabilities(self.preprocess(faces[start : start + batch_size]))
             for start in range(0, len(faces), batch_size)
         ]
         if not batches:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(batches)
 
+    def _probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """Mean softmax over the TTA views of preprocessed ``inputs``."""
+        batch_views = views(torch.from_numpy(inputs), self.tta)
+        return np.mean([softmax(self.logits(view.numpy())) for view in batch_views], axis=0)
+
 
 class TorchClassifier(Classifier):
     """A PyTorch module returning logits (a checkpoint's net or a TorchScript module), on CPU."""
 
-    def __init__(self, net: nn.Module, class_names: Sequence[str], in_channels: int) -> None:
-        super().__init__(class_names, in_channels)
+    def __init__(
+        self, net: nn.Module, class_names: Sequence[str], in_channels: int, tta: str = "none"
+    ) -> None:
+        super().__init__(class_names, in_channels, tta)
         self.net = net.eval()
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -104,9 +114,13 @@ class OnnxClassifier(Classifier):
     """An exported ONNX model run by onnxruntime on the CPU."""
 
     def __init__(
-        self, session: onnxruntime.InferenceSession, class_names: Sequence[str], in_channels: int
+        self,
+        session: onnxruntime.InferenceSession,
+        class_names: Sequence[str],
+        in_channels: int,
+        tta: str = "none",
     ) -> None:
-        super().__init__(class_names, in_channels)
+        super().__init__(class_names, in_channels, tta)
         self.session = session
         self.input_name = session.get_inputs()[0].name
 
@@ -115,9 +129,17 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, feed)[0]
 
 
-def load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
+def load_classifier(ckpt_path: str | os.PathLike, tta: str | None = None) -> Classifier:
     """The classifier behind ``ckpt_path``: a Lightning ``.ckpt``, an exported ``.onnx`` or
-    TorchScript ``.pt`` file, or ``pretrained:<name>``."""
+    TorchScript ``.pt`` file, or ``pretrained:<name>``. ``tta=None`` keeps the TTA mode the file
+    carries (the one shipped weights were chosen with; ``none`` for a training checkpoint)."""
+    classifier = _load_classifier(ckpt_path)
+    if tta is not None:
+        classifier.tta = check_tta_mode(tta)
+    return classifier
+
+
+def _load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
     text = str(ckpt_path)
     if text.startswith(pretrained.PREFIX):  # shipped weights are slimmed Lightning checkpoints
         return classifier_from_checkpoint(read_checkpoint(text), text)
@@ -140,9 +162,11 @@ def load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
 def classifier_from_checkpoint(
     checkpoint: dict[str, Any], path: str | os.PathLike
 ) -> TorchClassifier:
-    """The net of a loaded Lightning checkpoint with its class names, in eval mode."""
+    """The net of a loaded Lightning checkpoint with its class names and TTA mode, in eval mode."""
     system = system_from_checkpoint(checkpoint, path)
-    return TorchClassifier(system.net, system.hparams.class_names, system.net.in_channels)
+    return TorchClassifier(
+        system.net, system.hparams.class_names, system.net.in_channels, stored_tta(checkpoint)
+    )
 
 
 def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classifier:
@@ -170,24 +194,32 @@ def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classi
     return TorchClassifier(module, *parse_metadata(text or None, origin))
 
 
-def model_metadata(class_names: Sequence[str], in_channels: int) -> str:
+def model_metadata(classifier: Classifier) -> str:
     """The JSON stored in an exported model: what predict needs besides the weights."""
-    return json.dumps({"class_names": list(class_names), "in_channels": int(in_channels)})
+    return json.dumps(
+        {
+            "class_names": classifier.class_names,
+            "in_channels": classifier.in_channels,
+            "tta": classifier.tta,
+        }
+    )
 
 
-def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int]:
-    """(class_names, in_channels) from ``model_metadata``'s JSON; missing or broken metadata means
-    the file was not written by ``fer_lightning.export``."""
+def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int, str]:
+    """(class_names, in_channels, tta) from ``model_metadata``'s JSON (files exported before the
+    TTA mode was stored mean ``none``); missing or broken metadata means the file was not written
+    by ``fer_lightning.export``."""
     try:
         metadata = json.loads(text) if text else None
         class_names = [str(name) for name in metadata["class_names"]]
         in_channels = int(metadata["in_channels"])
+        tta = str(metadata.get("tta", "none"))
     except (TypeError, KeyError, ValueError) as err:
         raise FERUserError(
             f"{origin}: has no fer-lightning metadata '{METADATA_KEY}' (class names, input "
             "channels); export models with python -m fer_lightning.export"
         ) from err
-    return class_names, in_channels
+    return class_names, in_channels, tta
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -530,7 +530,8 @@ def predict(cfg: DictConfig) -> Path:
     live = isinstance(source, int)
     if cfg.max_frames is not None and cfg.max_frames < 0:
         raise FERUserError(f"max_frames must be >= 0 or null, got {cfg.max_frames}")
-    classifier = load_classifier(cfg.ckpt_path)
+    classifier = load_classifier(cfg.ckpt_path, cfg.tta)
+    log.info("Classifying with %s, tta=%s", cfg.ckpt_path, classifier.tta)
     detector = hydra.utils.instantiate(cfg.detector) if cfg.detect else None
     predictor = FacePredictor(classifier, detector, cfg.margin, cfg.batch_size)
     output_dir = Path(cfg.paths.output_dir)

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from fer_lightning import pretrained
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import load_fer2013_csv
@@ -32,6 +33,7 @@ from fer_lightning.inference import (
 )
 from fer_lightning.models import DeepConcatNet
 from fer_lightning.predict import predict
+from fer_lightning.pretrained.__main__ import ship
 from tests.test_predict import run_module
 
 PARITY = 1e-4
@@ -79,7 +81,32 @@ def test_onnx_file_declares_a_symbolic_batch_axis_and_a_recent_opset(exported):
     assert json.loads({p.key: p.value for p in model.metadata_props}["fer_lightning"]) == {
         "class_names": list(EMOTIONS),
         "in_channels": 1,
+        "tta": "none",
     }
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "torchscript"])
+def test_files_exported_from_shipped_weights_keep_their_tta(
+    trained_checkpoint, tiny_csv, tmp_path, monkeypatch, model_format
+):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("fer_lightning.pretrained.__main__.WEIGHTS_DIR", tmp_path)
+    ship(str(trained_checkpoint), "tiny", "flip", half=False)
+    cfg = compose_config(
+        "export", tmp_path / "run", ["ckpt_path=pretrained:tiny", f"format={model_format}"]
+    )
+    path = export(cfg)
+    model = load_classifier(path)
+    assert model.tta == "flip"
+    faces = load_fer2013_csv(tiny_csv)["test"].images[:16]
+    np.testing.assert_allclose(
+        model.predict_proba(faces),
+        load_classifier("pretrained:tiny").predict_proba(faces),
+        atol=1e-5,
+    )
+    without_tta = load_classifier(path, tta="none")
+    assert without_tta.tta == "none"
+    assert not np.allclose(model.predict_proba(faces), without_tta.predict_proba(faces), atol=1e-5)
 
 
 def test_predict_from_onnx_gives_the_checkpoint_predictions(
@@ -114,7 +141,8 @@ def test_predict_from_onnx_gives_the_checkpoint_predictions(
 def test_deep_net_exports_with_parity(model_format):
     net = DeepConcatNet(in_channels=3).eval()
     example = torch.from_numpy(random_inputs(8, channels=3))
-    metadata = model_metadata(EMOTIONS, 3)
+    reference = TorchClassifier(net, EMOTIONS, 3)
+    metadata = model_metadata(reference)
     data = (
         onnx_bytes(net, example, metadata)
         if model_format == "onnx"
@@ -122,7 +150,6 @@ def test_deep_net_exports_with_parity(model_format):
     )
     model = classifier_from_bytes(data, model_format, f"deep.{model_format}")
     assert model.in_channels == 3
-    reference = TorchClassifier(net, EMOTIONS, 3)
     assert parity_gap(reference, model, random_inputs(4, channels=3)) < PARITY
 
 

@@ -212,19 +212,23 @@ def test_video_frames_are_predicted_in_order_and_annotated(trained_checkpoint, b
         assert {key: line[key] for key in reference} == reference
 
 
+@pytest.mark.parametrize("tta", ["none", "tencrop"])
 def test_folder_of_crops_with_detect_false_equals_the_evaluate_path(
-    trained_checkpoint, tiny_csv, tmp_path
+    trained_checkpoint, tiny_csv, tmp_path, tta
 ):
     test_split = load_fer2013_csv(tiny_csv)["test"]
     folder = tmp_path / "crops"
     for index, (image, label) in enumerate(zip(test_split.images, test_split.labels, strict=True)):
         (folder / EMOTIONS[label]).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(folder / EMOTIONS[label] / f"{index:04d}.png"), image)
-    cfg = predict_cfg(tmp_path / "run", folder, trained_checkpoint, "detect=false", "batch_size=16")
+    cfg = predict_cfg(
+        tmp_path / "run", folder, trained_checkpoint, "detect=false", "batch_size=16", f"tta={tta}"
+    )
     by_index = {int(Path(line["source"]).stem): line for line in read_lines(predict(cfg))}
 
     stored = read_checkpoint(trained_checkpoint)
     system = system_from_checkpoint(stored, trained_checkpoint)
+    system.tta = tta  # as evaluate.py tta=... sets it
     datamodule = datamodule_from_checkpoint(stored, {"csv_path": str(tiny_csv)})
     with torch.no_grad():
         reference = torch.cat(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
-from fer_lightning.pretrained.__main__ import ship
+from fer_lightning.pretrained.__main__ import main, ship
+from fer_lightning.tta import TTA_MODES
 from tests.conftest import compose_config
 
 
@@ -30,10 +32,10 @@ def weights_dir(tmp_path, monkeypatch):
 def test_shipped_weights_evaluate_like_the_checkpoint(
     trained_checkpoint, trained_run, weights_dir, tmp_path, half, capsys
 ):
-    ship(str(trained_checkpoint), "tiny", half)
+    ship(str(trained_checkpoint), "tiny", "none", half)
     assert "sha256" in capsys.readouterr().out
     shipped = torch.load(weights_dir / "tiny.pt", weights_only=True)
-    assert set(shipped) == {"state_dict", "hyper_parameters", "fer_run_config"}
+    assert set(shipped) == {"state_dict", "hyper_parameters", "fer_run_config", "tta"}
     dtypes = {value.dtype for value in shipped["state_dict"].values()}
     assert (torch.float16 in dtypes) is half
     assert (weights_dir / "tiny.pt").stat().st_size < trained_checkpoint.stat().st_size
@@ -54,14 +56,45 @@ def test_fp16_refuses_weights_that_overflow_it(trained_checkpoint, weights_dir, 
     with pytest.raises(
         FERUserError, match=r"net\.dense_1\.bias: values up to 1e\+06 overflow fp16"
     ):
-        ship(str(too_big), "too_big", half=True)
+        ship(str(too_big), "too_big", "none", half=True)
     assert not (weights_dir / "too_big.pt").exists()
-    ship(str(too_big), "too_big", half=False)  # fp32 holds it
+    ship(str(too_big), "too_big", "none", half=False)  # fp32 holds it
     assert (weights_dir / "too_big.pt").is_file()
 
 
+def test_evaluate_uses_the_shipped_tta_unless_told_otherwise(
+    trained_checkpoint, weights_dir, tmp_path
+):
+    def evaluated(ckpt_path: str, *overrides: str) -> tuple[str, float]:
+        out_dir = tmp_path / f"eval_{len(list(tmp_path.iterdir()))}"
+        cfg = compose_config("evaluate", out_dir, [f"ckpt_path={ckpt_path}", *overrides])
+        report = evaluate(cfg)
+        written = json.loads((out_dir / "metrics.json").read_text())
+        return written["tta"], report["accuracy"]
+
+    ship(str(trained_checkpoint), "tiny", "tencrop", half=False)
+    assert torch.load(weights_dir / "tiny.pt", weights_only=True)["tta"] == "tencrop"
+    by_checkpoint = {mode: evaluated(str(trained_checkpoint), f"tta={mode}") for mode in TTA_MODES}
+    # a training checkpoint carries no TTA: the default is none
+    assert evaluated(str(trained_checkpoint)) == by_checkpoint["none"]
+    # shipped weights default to their mode; an explicit tta= wins
+    assert evaluated("pretrained:tiny") == by_checkpoint["tencrop"]
+    assert evaluated("pretrained:tiny", "tta=none") == by_checkpoint["none"]
+
+
+def test_shipping_needs_a_known_tta_mode(trained_checkpoint, weights_dir, monkeypatch, capsys):
+    with pytest.raises(FERUserError, match="tta='mirror' is not one of"):
+        ship(str(trained_checkpoint), "tiny", "mirror", half=False)
+    monkeypatch.setattr(sys, "argv", ["fer_lightning.pretrained", str(trained_checkpoint), "tiny"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --tta" in capsys.readouterr().err
+    assert not (weights_dir / "tiny.pt").exists()
+
+
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
-    ship(str(trained_checkpoint), "tiny", False)
+    ship(str(trained_checkpoint), "tiny", "none", False)
     assert pretrained.available() == ["tiny"]
     with pytest.raises(FERUserError, match=r"no pretrained weights named 'huge'.*shipped: tiny"):
         read_checkpoint("pretrained:huge")

@@ -1,8 +1,10 @@
 """Maintainer tool: ship a training checkpoint as `pretrained:<name>`.
 
-    python -m fer_lightning.pretrained <run>/checkpoints/best.ckpt <name> [--fp16]
+    python -m fer_lightning.pretrained <run>/checkpoints/best.ckpt <name> --tta <mode> [--fp16]
 
-Writes fer_lightning/pretrained/<name>.pt (atomically) and prints its size and sha256.
+Writes fer_lightning/pretrained/<name>.pt (atomically) and prints its size and sha256. ``--tta`` is
+the test-time augmentation chosen on PublicTest (``evaluate.py split=val tta=...``); evaluate and
+predict use it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from typing import Any
 
 import torch
 
-from fer_lightning.checkpoint import RUN_CONFIG_KEY, read_checkpoint
+from fer_lightning.checkpoint import RUN_CONFIG_KEY, TTA_KEY, read_checkpoint
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
 from fer_lightning.pretrained import WEIGHTS_DIR
+from fer_lightning.tta import TTA_MODES, check_tta_mode
 
 
-def slim(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
-    """A Lightning checkpoint without optimizer/loop state; float weights in fp16 if `half`
-    (refused when a value does not fit fp16, e.g. a BatchNorm running variance above 65,504)."""
+def slim(checkpoint: dict[str, Any], tta: str, half: bool) -> dict[str, Any]:
+    """A Lightning checkpoint without optimizer/loop state, carrying its TTA mode; float weights
+    in fp16 if `half` (refused when a value does not fit fp16, e.g. a BatchNorm running variance
+    above 65,504)."""
     state = {
         key: _to_half(key, value) if half and value.is_floating_point() else value
         for key, value in checkpoint["state_dict"].items()
@@ -31,6 +35,7 @@ def slim(checkpoint: dict[str, Any], half: bool) -> dict[str, Any]:
         "state_dict": state,
         "hyper_parameters": checkpoint["hyper_parameters"],
         RUN_CONFIG_KEY: checkpoint[RUN_CONFIG_KEY],
+        TTA_KEY: check_tta_mode(tta),
     }
 
 
@@ -45,9 +50,9 @@ def _to_half(key: str, value: torch.Tensor) -> torch.Tensor:
     return half
 
 
-def ship(ckpt: str, name: str, half: bool) -> None:
+def ship(ckpt: str, name: str, tta: str, half: bool) -> None:
     """Write the slimmed checkpoint into the package and print its size and digest."""
-    shipped = slim(read_checkpoint(ckpt), half)
+    shipped = slim(read_checkpoint(ckpt), tta, half)
     target = WEIGHTS_DIR / f"{name}.pt"
     write_atomically(target, lambda file: torch.save(shipped, file))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
@@ -58,9 +63,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="a training checkpoint (e.g. <run>/checkpoints/best.ckpt)")
     parser.add_argument("name", help="ships as fer_lightning/pretrained/<name>.pt")
+    parser.add_argument(
+        "--tta",
+        required=True,
+        choices=TTA_MODES,
+        help="the test-time augmentation chosen on PublicTest (evaluate.py split=val tta=...)",
+    )
     parser.add_argument("--fp16", action="store_true", help="store float weights in fp16")
     args = parser.parse_args()
-    exit_on_user_error(ship, args.ckpt, args.name, args.fp16)
+    exit_on_user_error(ship, args.ckpt, args.name, args.tta, args.fp16)
 
 
 if __name__ == "__main__":
