@@ -1,0 +1,142 @@
+"""Benchmark: wall time of whole epochs of train.py's real run (training, validation, checkpoint).
+
+    python benchmarks/bench_epoch.py --csv ../shared/fer2013/fer2013.csv.gz --experiment deep_fer2013 -- trainer=gpu
+
+Runs `fer_lightning.training.train` on the composed experiment for `--epochs` epochs on the full
+splits, with the test and the progress bar left out, and times every epoch from its start to the
+start of the next (the last one to the end of fit): training steps, batch augmentation, validation
+on PublicTest, metrics, logging and the checkpoint write all count, as in a user's run. On a GPU the
+clock waits for the device to finish before each reading. The first epoch carries one-off costs
+(cuDNN autotuning, allocator warm-up, lazy initialisation), so the script reports it apart and the
+median of the rest. Hydra overrides for the run follow `--` (`trainer=gpu`, `data.batch_size=128`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from fer_lightning.config import compose_config
+from fer_lightning.training import train
+
+
+class EpochTimer(pl.Callback):
+    """Records epoch boundaries, validation durations and training images per epoch.
+
+    The latest instance is kept on the class because `train()` builds its callbacks from the
+    config.
+    """
+
+    latest: EpochTimer | None = None
+
+    def __init__(self) -> None:
+        self.boundaries: list[float] = []
+        self.validation_seconds: list[float] = []
+        self.training_images: list[int] = []
+        self.device = "cpu"
+        self._validation_start = 0.0
+        EpochTimer.latest = self
+
+    @staticmethod
+    def _now(pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            self.device = torch.cuda.get_device_name(pl_module.device)
+        else:
+            self.device = f"{pl_module.device.type}, {torch.get_num_threads()} threads"
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.boundaries.append(self._now(pl_module))
+        self.training_images.append(0)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        self.training_images[-1] += len(batch[-1])
+
+    def on_validation_epoch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        self._validation_start = self._now(pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validation_seconds.append(self._now(pl_module) - self._validation_start)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.boundaries.append(self._now(pl_module))
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        """Wall time of each epoch, validation and checkpoint included."""
+        return [end - start for start, end in zip(self.boundaries, self.boundaries[1:])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
+    parser.add_argument(
+        "--experiment", default="deep_fer2013", help="a conf/experiment/<name>.yaml recipe"
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="epochs to time, the first included")
+    args, extra = parser.parse_known_args()
+    extra = [item for item in extra if item != "--"]
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is warm-up")
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config(
+            "train",
+            run_dir,
+            [
+                f"experiment={args.experiment}",
+                f"data.csv_path={args.csv}",
+                f"trainer.max_epochs={args.epochs}",
+                "test=false",
+                "~callbacks.rich_progress_bar",
+                "+trainer.enable_progress_bar=false",
+                "+trainer.enable_model_summary=false",
+                f"+callbacks.epoch_timer._target_={__name__}.EpochTimer",
+                *extra,
+            ],
+        )
+        train(cfg)
+    timer = EpochTimer.latest
+    epochs = timer.epoch_seconds
+    later = epochs[1:]
+    median = statistics.median(later)
+    median_validation = statistics.median(timer.validation_seconds[1:])
+    images = timer.training_images[-1]
+
+    print(f"`python {shlex.join(sys.argv)}`  ")
+    print(
+        f"experiment {args.experiment}, batch {cfg.data.batch_size}, {images:,} training images "
+        f"per epoch; {timer.device}; torch {torch.__version__}\n"
+    )
+    print("| epoch | wall s | of which validation s | training images/s |")
+    print("|---|---:|---:|---:|")
+    for number, (seconds, validation) in enumerate(
+        zip(epochs, timer.validation_seconds, strict=True), start=1
+    ):
+        label = f"{number} (warm-up)" if number == 1 else str(number)
+        rate = timer.training_images[number - 1] / (seconds - validation)
+        print(f"| {label} | {seconds:.2f} | {validation:.2f} | {rate:,.0f} |")
+    print(
+        f"| **median of epochs 2–{len(epochs)}** | **{median:.2f}** | {median_validation:.2f} | "
+        f"{images / (median - median_validation):,.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

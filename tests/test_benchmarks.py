@@ -1,0 +1,92 @@
+"""The benchmark scripts run end to end on tiny data and print their command and a well-formed table.
+
+Nothing here judges speed (that is what the scripts are for); these tests keep the scripts from
+rotting as the code under them changes, and check the quantities they count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_SPLIT_SIZES, run_script
+
+TINY_DATA = ("--", "data.cache_dir=null")
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of the markdown table rows, header and rule left out."""
+    rows = [line.strip().strip("|").split("|") for line in stdout.splitlines() if line[:1] == "|"]
+    return [[cell.strip() for cell in row] for row in rows[2:]]
+
+
+def number(cell: str) -> float:
+    return float(cell.strip("*x").replace(",", ""))
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    result = run_script(f"benchmarks/{name}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(  # the command that made the numbers, as the script was called
+        line.startswith("`python ") and f"benchmarks/{name} " in line
+        for line in result.stdout.splitlines()
+    )
+    return result.stdout
+
+
+def test_bench_epoch_times_every_epoch_of_the_full_training_split(tiny_csv: Path) -> None:
+    out = run_benchmark(
+        "bench_epoch.py",
+        *("--csv", str(tiny_csv), "--experiment", "baseline_fer2013", "--epochs", "3"),
+        *TINY_DATA,
+    )
+    assert f"{TINY_SPLIT_SIZES['num_train']} training images per epoch" in out
+    rows = table_rows(out)
+    assert [row[0] for row in rows] == ["1 (warm-up)", "2", "3", "**median of epochs 2–3**"]
+    for _, wall, validation, rate in rows:
+        assert number(wall) > number(validation) > 0
+        assert number(rate) > 0
+    assert number(rows[-1][1]) == pytest.approx(
+        (number(rows[1][1]) + number(rows[2][1])) / 2, abs=0.011
+    )
+
+
+def test_bench_epoch_refuses_a_single_epoch(tiny_csv: Path) -> None:
+    result = run_script("benchmarks/bench_epoch.py", "--csv", str(tiny_csv), "--epochs", "1")
+    assert result.returncode == 2
+    assert "--epochs must be at least 2" in result.stderr
+
+
+def test_bench_train_loop_compares_both_loops(tiny_csv: Path) -> None:
+    out = run_benchmark(
+        "bench_train_loop.py",
+        *("--csv", str(tiny_csv), "--batch-size", "8", "--warmup", "2"),
+        *("--blocks", "2", "--block", "5", "--settle", "1"),
+        *TINY_DATA,
+    )
+    rates = {row[0]: row[1] for row in table_rows(out)}
+    bare = number(rates["bare forward+backward+step"])
+    real = number(rates["train.py (augmentation, loader, metrics, logging)"])
+    assert number(rates["ratio train.py / bare"]) == pytest.approx(real / bare, abs=0.01)
+    assert "2 interleaved pairs of 5-step blocks" in out
+
+
+def test_bench_parse_times_seed_000_and_ours(tiny_csv: Path) -> None:
+    out = run_benchmark(
+        "bench_parse.py", "--csv", str(tiny_csv), "--repeats", "1", "--seed-repeats", "1"
+    )
+    rows = table_rows(out)
+    assert len(rows) == 3
+    assert number(rows[0][2]) == 1.0  # seed 000 against itself
+    assert all(number(seconds) > 0 for _, seconds, _ in rows)
+
+
+def test_bench_inference_rates_every_model_and_batch_size() -> None:
+    out = run_benchmark(
+        "bench_inference.py",
+        *("--models", "baseline", "--batch-sizes", "1", "4", "--warmup", "1", "--repeats", "2"),
+    )
+    (row,) = table_rows(out)
+    assert row[:2] == ["baseline", "318,407"]
+    assert len(row) == 4 and all(number(rate) > 0 for rate in row[2:])
