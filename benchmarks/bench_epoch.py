@@ -1,19 +1,21 @@
 """Benchmark: wall time of whole epochs of train.py's real run (training, validation, checkpoint).
 
-    python benchmarks/bench_epoch.py --csv ../shared/fer2013/fer2013.csv.gz --experiment deep_fer2013 -- trainer=gpu
+    python benchmarks/bench_epoch.py --csv ../shared/fer2013/fer2013.csv.gz -- trainer=gpu
 
-Runs `fer_lightning.training.train` on the composed experiment for `--epochs` epochs on the full
-splits, with the test and the progress bar left out, and times every epoch from its start to the
-start of the next (the last one to the end of fit): training steps, batch augmentation, validation
-on PublicTest, metrics, logging and the checkpoint write all count, as in a user's run. On a GPU the
-clock waits for the device to finish before each reading. The first epoch carries one-off costs
-(cuDNN autotuning, allocator warm-up, lazy initialisation), so the script reports it apart and the
-median of the rest. Hydra overrides for the run follow `--` (`trainer=gpu`, `data.batch_size=128`).
+Runs `fer_lightning.training.train` on the composed experiment (`--experiment`, by default
+deep_fer2013) for `--epochs` epochs on the full splits, with the test, the progress bar and the
+model summary left out, and times every epoch from its start to the start of the next (the last
+one to the end of fit): training steps, batch augmentation, validation on PublicTest, metrics,
+logging and the checkpoint writes all count, as in a user's run. On a GPU the clock waits for the
+device before each reading. The first epoch carries one-off costs (cuDNN autotuning, allocator
+warm-up, lazy initialisation), so the script reports it apart from the median of the rest. Hydra
+overrides for the run follow `--` (`trainer=gpu`, `data.batch_size=128`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
@@ -65,9 +67,7 @@ class EpochTimer(pl.Callback):
     ) -> None:
         self.training_images[-1] += len(batch[-1])
 
-    def on_validation_epoch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_start = self._now(pl_module)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -80,7 +80,7 @@ class EpochTimer(pl.Callback):
     @property
     def epoch_seconds(self) -> list[float]:
         """Wall time of each epoch, validation and checkpoint included."""
-        return [end - start for start, end in zip(self.boundaries, self.boundaries[1:])]
+        return [end - start for start, end in itertools.pairwise(self.boundaries)]
 
 
 def main() -> None:
@@ -133,7 +133,7 @@ def main() -> None:
         rate = timer.training_images[number - 1] / (seconds - validation)
         print(f"| {label} | {seconds:.2f} | {validation:.2f} | {rate:,.0f} |")
     print(
-        f"| **median of epochs 2–{len(epochs)}** | **{median:.2f}** | {median_validation:.2f} | "
+        f"| **median of epochs 2-{len(epochs)}** | **{median:.2f}** | {median_validation:.2f} | "
         f"{images / (median - median_validation):,.0f} |"
     )
 

@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end on tiny data and print their command and a well-formed table.
+"""The benchmark scripts run end to end on tiny data, printing their command and a sound table.
 
 Nothing here judges speed (that is what the scripts are for); these tests keep the scripts from
 rotting as the code under them changes, and check the quantities they count.
@@ -43,7 +43,7 @@ def test_bench_epoch_times_every_epoch_of_the_full_training_split(tiny_csv: Path
     )
     assert f"{TINY_SPLIT_SIZES['num_train']} training images per epoch" in out
     rows = table_rows(out)
-    assert [row[0] for row in rows] == ["1 (warm-up)", "2", "3", "**median of epochs 2–3**"]
+    assert [row[0] for row in rows] == ["1 (warm-up)", "2", "3", "**median of epochs 2-3**"]
     for _, wall, validation, rate in rows:
         assert number(wall) > number(validation) > 0
         assert number(rate) > 0
