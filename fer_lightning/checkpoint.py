@@ -20,12 +20,16 @@ from fer_lightning.errors import FERUserError
 from fer_lightning.tta import check_tta_mode
 
 RUN_CONFIG_KEY = "fer_run_config"
+# the validation (PublicTest) scores current when the checkpoint was written: for best.ckpt, its own
+VAL_METRICS_KEY = "fer_val_metrics"
 # shipped weights carry the test-time augmentation chosen for them on PublicTest
 TTA_KEY = "tta"
 
 
 class StoreRunConfig(Callback):
-    """Write the resolved run config (plain dicts and lists only) into every checkpoint."""
+    """Write the resolved run config (plain dicts and lists only) and the latest validation scores
+    into every checkpoint, so that a report of best.ckpt can quote the PublicTest scores it was
+    chosen by rather than the last epoch's."""
 
     def __init__(self, run_config: dict[str, Any]) -> None:
         self.run_config = run_config
@@ -34,6 +38,11 @@ class StoreRunConfig(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[RUN_CONFIG_KEY] = self.run_config
+        checkpoint[VAL_METRICS_KEY] = {
+            name.removeprefix("val/"): float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("val/")
+        }
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

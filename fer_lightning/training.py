@@ -9,12 +9,18 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.callbacks import log_hparams_with_metrics
-from fer_lightning.checkpoint import StoreRunConfig, check_resumable, load_net_weights
+from fer_lightning.checkpoint import (
+    VAL_METRICS_KEY,
+    StoreRunConfig,
+    check_resumable,
+    load_net_weights,
+)
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 
@@ -27,12 +33,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
 
     trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
-    datamodule, system = build_data_and_system(cfg)
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
         raise FERUserError(
             "set ckpt_path (resume a run) or init_weights (a new run from trained weights), "
             "not both"
         )
+    if not cfg.get("train"):
+        _check_untrained_test(cfg)
+    datamodule, system = build_data_and_system(cfg)
     if cfg.get("train") and cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model, system)
     if cfg.get("init_weights"):
@@ -67,6 +75,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _check_untrained_test(cfg: DictConfig) -> None:
+    """train=false tests the initial weights: refuse when those would be a random net or when
+    ckpt_path (which only resumes a fit) would be ignored."""
+    evaluate_hint = "to score a checkpoint, run `python evaluate.py ckpt_path=<file>`"
+    if cfg.get("ckpt_path"):
+        raise FERUserError(f"train=false: ckpt_path only resumes training; {evaluate_hint}")
+    if cfg.get("test") and not cfg.get("init_weights"):
+        raise FERUserError(
+            f"train=false test=true would test an untrained net; set init_weights=<file>, or "
+            f"{evaluate_hint}"
+        )
+
+
 def build_data_and_system(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The datamodule (data prepared and loaded) and the system, whose class weights and names
     come from the training split."""
@@ -90,17 +111,27 @@ def _write_test_report(
     metrics: dict[str, float],
     loggers: list[Any],
 ) -> None:
-    """metrics.json, the text report and the confusion matrix of the test split, in the run dir."""
+    """metrics.json, the text report and the confusion matrix of the test split, in the run dir.
+
+    The ``val`` block holds the PublicTest scores of the tested weights: those stored in best.ckpt
+    when it was written, else the last epoch's (none without a fit).
+    """
+    if best_path:
+        val_metrics = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)[
+            VAL_METRICS_KEY
+        ]
+    else:
+        val_metrics = {
+            key.removeprefix("val/"): value
+            for key, value in metrics.items()
+            if key.startswith("val/")
+        }
     extra = {
         "split": "test",
         "best_checkpoint": _relative_to(best_path, cfg.paths.output_dir),
         "epochs_trained": trainer.current_epoch,
         "seed": cfg.get("seed"),
-        "val": {
-            key.removeprefix("val/"): value
-            for key, value in metrics.items()
-            if key.startswith("val/")
-        },
+        "val": val_metrics,
     }
     report = publish_report(
         system.test_confusion.cpu().numpy(),
@@ -111,11 +142,7 @@ def _write_test_report(
     )
     final = {"hp/test_acc": report["accuracy"], "hp/test_f1_macro": report["f1_macro"]}
     final.update(
-        {
-            f"hp/{key}": metrics[key]
-            for key in ("val/acc_best", "val/f1_macro_best")
-            if key in metrics
-        }
+        {f"hp/val_{key}": val_metrics[key] for key in ("acc", "f1_macro") if key in val_metrics}
     )
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

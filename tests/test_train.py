@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -86,6 +87,30 @@ def test_train_metrics_json_is_the_test_report(trained_run, tiny_csv):
         name: int((test_labels == label).sum()) for label, name in enumerate(EMOTIONS)
     }
     assert 0.0 <= metrics["val"]["acc_best"] <= 1.0
+
+
+def test_report_quotes_the_val_scores_of_the_tested_checkpoint(train_cfg, tmp_path):
+    # selecting the *worst* epoch makes the tested checkpoint differ from the last epoch
+    cfg = train_cfg(
+        "seed=0",
+        *LIMITED_RUN,
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.mode=min",
+        "data.augment.random_erasing=0.5",
+    )
+    train(cfg)
+    rows = [
+        row
+        for row in csv.DictReader((tmp_path / "run" / "csv" / "metrics.csv").open())
+        if row["val/acc"]
+    ]
+    accuracies = [float(row["val/acc"]) for row in rows]
+    chosen = rows[accuracies.index(min(accuracies))]
+    assert chosen is not rows[-1], "setup: the worst epoch must not be the last one"
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["val"]["acc"] == pytest.approx(float(chosen["val/acc"]))
+    assert report["val"]["f1_macro"] == pytest.approx(float(chosen["val/f1_macro"]))
+    assert report["val"]["loss"] == pytest.approx(float(chosen["val/loss"]))
 
 
 def test_checkpoint_loads_with_weights_only(trained_run):
@@ -201,6 +226,9 @@ def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
     assert result.returncode == 0, result.stderr[-3000:]
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_value" in results and "model.optimizer.lr" in results
+    # trials never touch PrivateTest: no test report anywhere in the sweep
+    assert (tmp_path / "0" / "checkpoints" / "best.ckpt").is_file()
+    assert not list(tmp_path.rglob("metrics.json"))
 
 
 def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
@@ -260,6 +288,20 @@ def test_init_weights_starts_a_new_run_from_the_net_weights(trained_run, train_c
     load_net_weights(system, best)
     torch.testing.assert_close(system.loss_weights, torch.tensor(datamodule.class_weights()))
     assert not torch.equal(system.loss_weights, torch.ones(len(EMOTIONS)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("ckpt_path=last.ckpt",), "ckpt_path only resumes training"),
+        ((), "would test an untrained net"),
+    ],
+)
+def test_train_false_refuses_to_test_weights_it_did_not_mean(train_cfg, overrides, expected):
+    # refused before the data is read: the csv path does not exist
+    cfg = train_cfg("train=false", "data.csv_path=/nonexistent.csv", *overrides)
+    with pytest.raises(FERUserError, match=expected):
+        train(cfg)
 
 
 def test_init_weights_errors_are_one_line(trained_run, train_cfg):
