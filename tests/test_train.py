@@ -138,6 +138,14 @@ def test_evaluate_round_trip_reproduces_the_test_report(trained_run, tmp_path, t
     np.testing.assert_array_equal(confusion, _read_confusion(trained_run / "confusion_matrix.csv"))
 
 
+def test_evaluate_overrides_the_stored_evaluation_batch_size(trained_run, tmp_path):
+    best = trained_run / "checkpoints" / "best.ckpt"
+    for overrides, expected in (([], 256), (["data.eval_batch_size=7"], 7)):
+        cfg = compose_config("evaluate", tmp_path, [f"ckpt_path={best}", *overrides])
+        datamodule = datamodule_from_checkpoint(read_checkpoint(best), cfg.data)
+        assert datamodule.test_dataloader().batch_size == expected
+
+
 def test_evaluate_cli_on_the_val_split(trained_run, tmp_path, tiny_csv):
     result = run_script(
         "evaluate.py",

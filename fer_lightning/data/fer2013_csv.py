@@ -80,8 +80,8 @@ def _missing_file_message(path: Path) -> str:
     return (
         f"FER2013 csv {str(path)!r} {what}. Get fer2013.csv from Kaggle's 'Challenges in "
         "Representation Learning: Facial Expression Recognition Challenge' and set "
-        "data.csv_path=... or the env FER2013_CSV; or try the built-in synthetic set: "
-        "python train.py data=synthetic"
+        "data.csv_path=... (train.py also reads the env FER2013_CSV); or try the built-in "
+        "synthetic set: python train.py data=synthetic"
     )
 
 
