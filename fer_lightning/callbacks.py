@@ -68,14 +68,14 @@ def plot_sample_predictions(
 
 class TensorBoardExtras(Callback):
     """After each validation run (not the sanity check), logs to TensorBoard the confusion-matrix
-    figure and predictions on a fixed batch of validation images, and once the net's graph;
-    does nothing without a TensorBoardLogger.
+    figure and predictions on the first ``num_samples`` validation images, and once the net's
+    graph; does nothing without a TensorBoardLogger.
 
     The graph is traced from the net alone, not the LightningModule, so the metric modules stay
-    out of the trace.
-
-    Runs in ``on_validation_end`` because Lightning calls callbacks' ``on_validation_epoch_end``
-    before the module's, i.e. before ``FERSystem.val_confusion`` holds the current epoch.
+    out of the trace. The sample predictions are made on the first validation batch, while the
+    weights being validated (e.g. an EMA of them) are loaded; the figures are drawn in
+    ``on_validation_end`` because Lightning calls callbacks' ``on_validation_epoch_end`` before
+    the module's, i.e. before ``FERSystem.val_confusion`` holds the current epoch.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class TensorBoardExtras(Callback):
         self.log_confusion = log_confusion
         self.log_samples = log_samples
         self.log_graph = log_graph
-        self._sample_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = _tensorboard_writer(trainer)
@@ -104,6 +104,29 @@ class TensorBoardExtras(Callback):
             warnings.filterwarnings("ignore", r"`torch\.jit\.trace", FutureWarning)
             writer.add_graph(pl_module.net, example)
 
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            batch_idx != 0
+            or dataloader_idx != 0
+            or not self.log_samples
+            or trainer.sanity_checking
+            or _tensorboard_writer(trainer) is None
+            or not trainer.is_global_zero
+        ):
+            return
+        images, targets = (part[: self.num_samples] for part in batch)
+        with torch.no_grad():
+            probabilities = torch.softmax(pl_module(images), dim=1)
+        self._samples = (images.cpu(), targets.cpu(), probabilities.cpu())
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = _tensorboard_writer(trainer)
         if trainer.sanity_checking or writer is None or not trainer.is_global_zero:
@@ -112,34 +135,10 @@ class TensorBoardExtras(Callback):
         if self.log_confusion and pl_module.val_confusion is not None:
             figure = plot_confusion_matrix(pl_module.val_confusion.numpy(), class_names)
             writer.add_figure("val/confusion_matrix", figure, trainer.global_step, close=True)
-        if self.log_samples:
-            images, targets = self._fixed_val_batch(trainer)
-            was_training = pl_module.training
-            pl_module.eval()
-            with torch.no_grad():
-                logits = pl_module(images.to(pl_module.device))
-            pl_module.train(was_training)
-            probabilities = torch.softmax(logits, dim=1).cpu()
-            figure = plot_sample_predictions(images, targets, probabilities, class_names)
+        if self._samples is not None:
+            figure = plot_sample_predictions(*self._samples, class_names)
             writer.add_figure("val/sample_predictions", figure, trainer.global_step, close=True)
-
-    def _fixed_val_batch(self, trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``num_samples`` validation images and labels, collected once and reused."""
-        if self._sample_batch is None:
-            loaders = trainer.val_dataloaders
-            loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
-            images, targets, count = [], [], 0
-            for batch_images, batch_targets in loader:
-                images.append(batch_images)
-                targets.append(batch_targets)
-                count += batch_targets.shape[0]
-                if count >= self.num_samples:
-                    break
-            self._sample_batch = (
-                torch.cat(images)[: self.num_samples].cpu(),
-                torch.cat(targets)[: self.num_samples].cpu(),
-            )
-        return self._sample_batch
+            self._samples = None
 
 
 def _flatten_params(params: Mapping[str, Any], parent: str = "") -> dict[str, Any]:

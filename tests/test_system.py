@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 from pathlib import Path
@@ -15,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fer_lightning.callbacks import TensorBoardExtras, log_hparams_with_metrics
+from fer_lightning import callbacks
+from fer_lightning.callbacks import EMAWeights, TensorBoardExtras, log_hparams_with_metrics
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_lightning.errors import FERUserError
 from fer_lightning.system import FERSystem
@@ -315,12 +317,47 @@ def test_tensorboard_extras_write_scalars_figures_and_graph(tmp_path: Path) -> N
         assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
 
+def test_tensorboard_sample_predictions_use_the_validated_ema_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = []
+    original = callbacks.plot_sample_predictions
+
+    def recording(images, targets, probabilities, class_names):
+        drawn.append((images, probabilities))
+        return original(images, targets, probabilities, class_names)
+
+    monkeypatch.setattr(callbacks, "plot_sample_predictions", recording)
+
+    class KeepRawWeights(pl.Callback):
+        """The raw weights after the last validation (which put them back)."""
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.net = copy.deepcopy(pl_module.net)
+
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    extras = TensorBoardExtras(num_samples=3, log_confusion=False, log_graph=False)
+    raw = KeepRawWeights()
+    system = _system()
+    _trainer(tmp_path, logger=logger, callbacks=[extras, EMAWeights(decay=0.5), raw]).fit(
+        system, datamodule=TinyDataModule()
+    )
+    assert len(drawn) == MAX_EPOCHS
+    images, probabilities = drawn[-1]
+    assert images.shape[0] == 3
+    with torch.no_grad():
+        # after fit the module holds the average, which the last validation scored ...
+        torch.testing.assert_close(torch.softmax(system(images), dim=1), probabilities)
+        # ... and the raw weights predict otherwise
+        assert not torch.allclose(torch.softmax(raw.net(images), dim=1), probabilities)
+
+
 def test_tensorboard_extras_are_a_no_op_without_tensorboard(tmp_path: Path) -> None:
     callback = TensorBoardExtras(num_samples=4)
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, max_epochs=1, logger=logger, callbacks=[callback])
     trainer.fit(_system(), datamodule=TinyDataModule())
-    assert callback._sample_batch is None
+    assert callback._samples is None
     assert not list(tmp_path.rglob("events.out.tfevents*"))
 
 
