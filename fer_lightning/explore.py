@@ -1,7 +1,7 @@
 """Look at the data and at what a model learned, as PNG files in the run folder:
 
     python -m fer_lightning.explore csv_path=<fer2013-format csv>
-    python -m fer_lightning.explore ckpt_path=<run>/checkpoints/best.ckpt [split=test]
+    python -m fer_lightning.explore ckpt_path=<run>/checkpoints/best.ckpt [split=val]
 
 Data figures: examples per emotion, one example of each emotion, the class distribution of the
 three splits side by side (seed 000's ``plot_compare_distributions``) and the mean face per class.
@@ -165,9 +165,10 @@ def plot_prediction_panels(
     probabilities: np.ndarray,
     indices: Sequence[int],
     class_names: Sequence[str],
+    split: str,
 ) -> Figure:
-    """For each chosen image: the face with its true label, and the predicted probabilities as
-    bars (seed 000's ``plot_image_and_emotion``)."""
+    """For each chosen image of ``split``: the face with its true label, and the predicted
+    probabilities as bars (seed 000's ``plot_image_and_emotion``)."""
     figure = Figure(figsize=(10, 2.6 * len(indices)), layout="constrained")
     rows = figure.subplots(len(indices), 2, squeeze=False, width_ratios=(1, 3))
     for index, (image_axes, bar_axes) in zip(indices, rows, strict=True):
@@ -183,18 +184,24 @@ def plot_prediction_panels(
             f"predicted: {class_names[predicted]} ({probabilities[index, predicted]:.2f})",
             fontsize=9,
         )
+    figure.suptitle(f"Predictions on {SPLIT_TITLES[split]}")
     return figure
 
 
 def plot_confident_mistakes(
-    arrays: SplitArrays, probabilities: np.ndarray, class_names: Sequence[str], count: int
+    arrays: SplitArrays,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    count: int,
+    split: str,
 ) -> Figure:
-    """The ``count`` wrong predictions the model was surest of, most confident first."""
+    """The ``count`` wrong predictions on ``split`` the model was surest of, most confident
+    first."""
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != arrays.labels)
     if wrong.size == 0:
         figure = Figure(figsize=(4, 1.5))
-        figure.text(0.5, 0.5, "no mistakes on this split", ha="center", va="center")
+        figure.text(0.5, 0.5, f"no mistakes on {SPLIT_TITLES[split]}", ha="center", va="center")
         return figure
     worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
     figure = plot_sample_predictions(
@@ -204,8 +211,8 @@ def plot_confident_mistakes(
         list(class_names),
     )
     figure.suptitle(
-        f"Most confident mistakes ({wrong.size} of {arrays.labels.size} wrong): "
-        "predicted (confidence) / true"
+        f"Most confident mistakes on {SPLIT_TITLES[split]}: {wrong.size} of "
+        f"{arrays.labels.size} wrong; predicted (confidence) / true"
     )
     return figure
 
@@ -319,8 +326,9 @@ def _save_model_figures(
     probabilities = classifier.predict_proba(arrays.images)
     names = classifier.class_names
     indices = [int(index) for index in cfg.image_indices]
-    sink.save("prediction_panels", plot_prediction_panels(arrays, probabilities, indices, names))
-    mistakes = plot_confident_mistakes(arrays, probabilities, names, cfg.num_mistakes)
+    panels = plot_prediction_panels(arrays, probabilities, indices, names, cfg.split)
+    sink.save("prediction_panels", panels)
+    mistakes = plot_confident_mistakes(arrays, probabilities, names, cfg.num_mistakes, cfg.split)
     sink.save("confident_mistakes", mistakes)
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fer_lightning import explore as explore_module
 from fer_lightning.config import compose_config
+from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.explore import explore, read_epoch_metrics
 from tests.test_predict import run_module
@@ -117,3 +119,24 @@ def test_mistakes_of_the_options_are_user_errors(run_checkpoint, tmp_path):
     with pytest.raises(FERUserError, match="split='dev' must be one of"):
         explore(compose_config("explore", tmp_path, ["split=dev", "csv_path=x.csv"]))
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(("overrides", "split"), [((), "val"), (("split=test",), "test")])
+def test_model_figures_show_publictest_unless_privatetest_is_asked_for(
+    run_checkpoint, tiny_csv, tmp_path, monkeypatch, overrides, split
+):
+    shown = {}
+    original = explore_module.plot_confident_mistakes
+
+    def recording(arrays, probabilities, class_names, count, split_name):
+        figure = original(arrays, probabilities, class_names, count, split_name)
+        shown.update(labels=arrays.labels, title=figure.get_suptitle())
+        return figure
+
+    monkeypatch.setattr(explore_module, "plot_confident_mistakes", recording)
+    cfg = compose_config(
+        "explore", tmp_path, [f"ckpt_path={run_checkpoint}", "num_mistakes=4", *overrides]
+    )
+    explore(cfg)
+    np.testing.assert_array_equal(shown["labels"], load_fer2013_csv(tiny_csv)[split].labels)
+    assert explore_module.SPLIT_TITLES[split] in shown["title"]

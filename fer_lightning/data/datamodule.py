@@ -167,9 +167,6 @@ class FER2013DataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.dataloader("test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
-
 
 class SyntheticFER2013DataModule(FER2013DataModule):
     """The built-in synthetic FER2013, written once as a csv in ``data_dir`` and then read like
