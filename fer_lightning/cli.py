@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
@@ -26,9 +27,13 @@ FAILED_MARKER = "FAILED"
 
 def user_error(error: BaseException) -> FERUserError | None:
     """The user mistake behind `error`, if any: Hydra wraps errors raised while it instantiates
-    a config node (e.g. a datamodule rejecting batch_size=0) in an InstantiationException."""
-    while error is not None and not isinstance(error, FERUserError):
+    a config node (e.g. a datamodule rejecting batch_size=0) in an InstantiationException, and a
+    required setting left out (``???`` in the config) raises MissingMandatoryValue."""
+    while error is not None and not isinstance(error, FERUserError | MissingMandatoryValue):
         error = error.__cause__
+    if isinstance(error, MissingMandatoryValue):
+        key = error.full_key
+        return FERUserError(f"{key} is required: add {key}=... to the command")
     return error
 
 

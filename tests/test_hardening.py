@@ -28,6 +28,7 @@ from fer_lightning.resilience import AtomicCheckpointIO
 from fer_lightning.training import train
 from tests.conftest import ROOT, TINY_SPLIT_SIZES, compose_config, run_script, tiny_data_overrides
 from tests.test_data import HEADER, PIXELS, VALID_ROWS, write_folders
+from tests.test_predict import run_module
 
 # one short epoch: enough to write best.ckpt and last.ckpt
 SHORT_RUN = (
@@ -204,6 +205,19 @@ def test_config_mistake_inside_instantiation_is_one_line(train_cfg, capsys):
         exit_on_user_error(train, train_cfg("data.batch_size=0"))
     assert exited.value.code == 2
     assert_one_error_line(capsys.readouterr().err, ["batch_size=0"])
+
+
+def test_a_required_setting_left_out_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(evaluate, compose_config("evaluate", tmp_path, []))
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, ["ckpt_path is required", "ckpt_path=..."])
+
+
+def test_predict_without_a_source_is_one_line(tmp_path):
+    result = run_module("fer_lightning.predict", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, ["source is required"])
 
 
 def test_unknown_model_name_is_hydras_message(tmp_path):
