@@ -80,6 +80,22 @@ def test_ferplus_file_errors_name_file_line_and_field(tiny_csv, tmp_path):
         load_ferplus(tiny_csv, short)
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "No columns to parse"),
+        (b"Usage,Image name\nTraining,a.png\nTraining,b.png,1,2\n", "Expected 2 fields in line 3"),
+        (b"Usage,\xff\xfe\x00junk\n", "can't decode byte 0xff"),
+    ],
+)
+def test_unreadable_votes_file_is_one_line(tiny_csv, tmp_path, content, reason):
+    broken = tmp_path / "fer2013new.csv"
+    broken.write_bytes(content)
+    with pytest.raises(DataFormatError, match=r"fer2013new\.csv: not a readable FER") as caught:
+        load_ferplus(tiny_csv, broken)
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
 def _ferplus_train_cfg(tiny_csv: Path, votes_csv: Path, run_dir: Path, *overrides: str):
     """The train config on the tiny csv and its votes file; `overrides` choose FER+ (data= or
     experiment=) and the run's length."""

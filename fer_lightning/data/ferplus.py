@@ -48,7 +48,11 @@ def read_ferplus_votes(path: str | os.PathLike) -> pd.DataFrame:
             f"FER+ votes file {path} does not exist: get fer2013new.csv from Microsoft's FERPlus "
             "repository and set data.ferplus_csv=... (or env FERPLUS_CSV)"
         )
-    table = pd.read_csv(path, dtype={"Image name": str}, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, dtype={"Image name": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise DataFormatError(f"{path}: not a readable FER+ votes csv ({reason})") from err
     expected = ["Usage", "Image name", *VOTE_COLUMNS]
     if list(table.columns) != expected:
         raise DataFormatError(
