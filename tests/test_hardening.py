@@ -23,6 +23,7 @@ from fer_lightning.builders import build_trainer
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.data import fer2013_csv, load_fer2013_csv
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
+from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.resilience import AtomicCheckpointIO
 from fer_lightning.training import train
@@ -279,6 +280,30 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     monkeypatch.undo()
     assert checkpoint_io.load_checkpoint(path, weights_only=True)["global_step"] == 1
     assert os.listdir(path.parent) == ["last.ckpt"]
+
+
+def test_unwritable_cache_dir_is_one_line(tmp_path, tiny_csv, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(load_fer2013_csv, tiny_csv, blocker / "cache")
+    assert exited.value.code == 2
+    assert_one_error_line(
+        capsys.readouterr().err, ["cannot write the parse cache", "a_file", "data.cache_dir"]
+    )
+
+
+def test_full_disk_during_a_cache_write_is_one_line_and_leaves_no_file(
+    tmp_path, tiny_csv, monkeypatch
+):
+    def full_disk_savez(file, **arrays) -> None:
+        file.write(b"PK\x03\x04 half an npz")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fer2013_csv.np, "savez", full_disk_savez)
+    with pytest.raises(FERUserError, match="No space left on device"):
+        load_fer2013_csv(tiny_csv, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_interrupted_cache_write_leaves_no_file(tmp_path, tiny_csv, monkeypatch):

@@ -488,4 +488,10 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
     for split, split_arrays in splits.items():
         arrays[f"{split}_images"] = split_arrays.images
         arrays[f"{split}_labels"] = split_arrays.labels
-    write_atomically(cache_file, lambda file: np.savez(file, **arrays))
+    try:
+        write_atomically(cache_file, lambda file: np.savez(file, **arrays))
+    except OSError as err:
+        raise FERUserError(
+            f"cannot write the parse cache {cache_file} ({err.strerror or err}); set "
+            "data.cache_dir to a writable folder, or to null to parse without a cache"
+        ) from err
