@@ -238,6 +238,17 @@ class FERSystem(pl.LightningModule):
         values[f"{stage}/confusion"] = values[f"{stage}/confusion"].detach().to("cpu", torch.int64)
         return values
 
+    def _scheduler_steps(self, interval: str) -> int:
+        """How often the scheduler steps in the whole run: optimizer steps or epochs."""
+        if interval == "step":
+            return int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
+            raise FERUserError(
+                "a one-cycle schedule stepped per epoch needs trainer.max_epochs >= 1 "
+                "(or set its total_steps)"
+            )
+        return self.trainer.max_epochs
+
     def configure_optimizers(self) -> dict[str, Any]:
         """Build the optimizer (and optional scheduler) from the Hydra partials."""
         if self.optimizer_factory is None:
@@ -250,8 +261,8 @@ class FERSystem(pl.LightningModule):
             return {"optimizer": optimizer}
         interval = self.hparams.scheduler_interval
         scheduler_kwargs = {}
-        if interval == "step" and _needs_total_steps(self.scheduler_factory):
-            scheduler_kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if _needs_total_steps(self.scheduler_factory):
+            scheduler_kwargs["total_steps"] = self._scheduler_steps(interval)
         scheduler = self.scheduler_factory(optimizer=optimizer, **scheduler_kwargs)
         return {
             "optimizer": optimizer,

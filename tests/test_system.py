@@ -238,14 +238,31 @@ def test_zero_class_weight_ignores_that_class() -> None:
     assert float(loss_all) > float(loss_happy_only)
 
 
-def test_one_cycle_scheduler_gets_total_steps(tmp_path: Path) -> None:
+# Lightning asks whether a per-epoch one-cycle schedule was meant; here it was
+@pytest.mark.filterwarnings("ignore:A `OneCycleLR` scheduler is using 'interval'")
+@pytest.mark.parametrize(
+    ("interval", "total_steps"),
+    [("step", MAX_EPOCHS * 2), ("epoch", MAX_EPOCHS)],  # 2 limited batches per epoch
+)
+def test_one_cycle_scheduler_gets_total_steps(tmp_path: Path, interval, total_steps) -> None:
     one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None)
-    system = _system(scheduler=one_cycle, scheduler_interval="step")
+    system = _system(scheduler=one_cycle, scheduler_interval=interval)
     trainer = _trainer(tmp_path)
     trainer.fit(system, datamodule=TinyDataModule())
     scheduler_config = trainer.lr_scheduler_configs[0]
-    assert scheduler_config.interval == "step"
-    assert scheduler_config.scheduler.total_steps == MAX_EPOCHS * 2  # 2 limited batches per epoch
+    assert scheduler_config.interval == interval
+    assert scheduler_config.scheduler.total_steps == total_steps
+    # the whole cycle was run, to the very end of the schedule
+    assert scheduler_config.scheduler.last_epoch == total_steps
+
+
+@pytest.mark.filterwarnings("ignore:A `OneCycleLR` scheduler is using 'interval'")
+def test_one_cycle_per_epoch_without_an_epoch_limit_is_one_line(tmp_path: Path) -> None:
+    one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None)
+    system = _system(scheduler=one_cycle, scheduler_interval="epoch")
+    trainer = _trainer(tmp_path, max_epochs=-1, max_steps=2)
+    with pytest.raises(FERUserError, match=r"needs trainer\.max_epochs >= 1"):
+        trainer.fit(system, datamodule=TinyDataModule())
 
 
 def test_epoch_scheduler_keeps_its_own_arguments(tmp_path: Path) -> None:
