@@ -276,8 +276,9 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
                 f"data's {class_names}; leave csv_path unset to use its training run's data"
             )
         _check_indices(cfg.image_indices, splits[cfg.split], cfg.split)
-        run_dir = checkpoint_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
-        if (run_dir / "tensorboard").is_dir():
+        if not str(cfg.ckpt_path).startswith(pretrained.PREFIX):  # shipped weights have no run
+            run_dir = checkpoint_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
+        if run_dir is not None and (run_dir / "tensorboard").is_dir():
             writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     sink = FigureSink(Path(cfg.paths.output_dir), writer)
@@ -312,11 +313,18 @@ def _check_indices(indices: Sequence[int], arrays: SplitArrays, split: str) -> N
 
 
 def _save_model_figures(
-    cfg: DictConfig, sink: FigureSink, classifier: Classifier, arrays: SplitArrays, run_dir: Path
+    cfg: DictConfig,
+    sink: FigureSink,
+    classifier: Classifier,
+    arrays: SplitArrays,
+    run_dir: Path | None,
 ) -> None:
-    """Training curves, prediction panels and the confident mistakes of a checkpoint."""
-    metrics_csv = run_dir / "csv" / "metrics.csv"
-    if metrics_csv.is_file():
+    """Training curves (from the run folder; shipped weights have none), prediction panels and
+    the confident mistakes of a checkpoint."""
+    metrics_csv = run_dir / "csv" / "metrics.csv" if run_dir is not None else None
+    if metrics_csv is None:
+        log.info("No training curves: shipped weights carry no training logs")
+    elif metrics_csv.is_file():
         sink.save("training_curves", plot_training_curves(read_epoch_metrics(metrics_csv)))
     else:
         log.warning(

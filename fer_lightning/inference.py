@@ -2,8 +2,9 @@
 weights, ONNX or TorchScript file) and to classify 48x48 gray faces with exactly the
 preprocessing that training evaluates with.
 
-``load_classifier(ckpt_path)`` is the single entry point used by predict, export and explore; it
-returns a ``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``. ONNX
+``load_classifier(ckpt_path)`` loads any of these files (predict uses it), and
+``classifier_from_checkpoint`` wraps an already-read checkpoint (export, explore); both return a
+``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``. ONNX
 models run on onnxruntime (torch does no inference there); their class names, input channels and TTA
 mode travel in the file's metadata, as they do in a TorchScript file's extra files.
 """

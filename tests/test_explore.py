@@ -140,3 +140,20 @@ def test_model_figures_show_publictest_unless_privatetest_is_asked_for(
     explore(cfg)
     np.testing.assert_array_equal(shown["labels"], load_fer2013_csv(tiny_csv)[split].labels)
     assert explore_module.SPLIT_TITLES[split] in shown["title"]
+
+
+def test_shipped_weights_get_model_figures_without_training_curves(tiny_csv, tmp_path, caplog):
+    package = Path(explore_module.__file__).parent
+    before = sorted(path.name for path in package.iterdir())
+    cfg = compose_config(
+        "explore",
+        tmp_path,
+        ["ckpt_path=pretrained:baseline", f"csv_path={tiny_csv}", "cache_dir=null"],
+    )
+    with caplog.at_level(logging.INFO, logger="fer_lightning.explore"):
+        written = explore(cfg)
+    assert {"prediction_panels", "confident_mistakes"} <= set(written)
+    assert "training_curves" not in written
+    assert "shipped weights carry no training logs" in caplog.text
+    assert "csv logger" not in caplog.text
+    assert sorted(path.name for path in package.iterdir()) == before  # nothing written there

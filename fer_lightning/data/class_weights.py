@@ -15,8 +15,10 @@ def class_weights(counts: Sequence[int], mode: str) -> list[float] | None:
 
     - ``balanced``: ``N / (K * n_c)`` (N rows, K classes), so every class weighs the same in total.
     - ``sqrt``: the square root of the balanced weight (a milder correction), rescaled so that the
-      count-weighted mean weight ``sum(n_c * w_c) / N`` is 1, as it is for ``balanced``; the
-      loss scale, and so the learning rate, stays comparable to unweighted training.
+      count-weighted mean weight ``sum(n_c * w_c) / N`` is 1, as it is for ``balanced``. With
+      class-index targets PyTorch's weighted mean divides by the weights anyway; with mixup's
+      and cutmix's soft targets it divides by the batch size, and the rescaling keeps that loss
+      on the unweighted scale.
 
     Rare classes get large weights (seed 000 weighted by frequency instead, which favours the
     majority). A class without rows has no defined weight and is an error.

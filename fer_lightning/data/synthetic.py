@@ -21,7 +21,7 @@ from fer_lightning.data.fer2013_csv import COLUMNS, NUM_PIXELS, SPLITS
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
 
-# Rows per class in the real FER2013 Training split (see shared/fer2013/README.md).
+# Rows per class in the real FER2013 Training split (Kaggle's fer2013.csv).
 FER2013_TRAINING_COUNTS: tuple[int, ...] = (3995, 436, 4097, 7215, 4830, 3171, 4965)
 
 # Per-class means of the expression features, in the order of _FEATURES; see _draw_faces for units.

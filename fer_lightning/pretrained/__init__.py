@@ -1,8 +1,9 @@
 """Trained weights shipped inside the package, loaded offline as `ckpt_path=pretrained:<name>`.
 
-Each `<name>.pt` is a slimmed checkpoint: the system's state dict (fp16 where that costs nothing),
-its primitive hyper-parameters and the training run's resolved config, so the normal checkpoint
-loader rebuilds it with torch's `weights_only` loader and no other file.
+Each `<name>.pt` is a slimmed checkpoint: the system's state dict (fp32, or fp16 with `--fp16` when
+the weights fit and accuracy moves < 0.1 pt), its primitive hyper-parameters, the TTA mode chosen
+on PublicTest and the training run's resolved config, so the normal checkpoint loader rebuilds it
+with torch's `weights_only` loader and no other file.
 """
 
 from __future__ import annotations
