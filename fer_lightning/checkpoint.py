@@ -16,7 +16,7 @@ from pytorch_lightning import Callback, LightningDataModule, LightningModule, Tr
 from torch import nn
 
 from fer_lightning import pretrained
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.tta import check_tta_mode
 
 RUN_CONFIG_KEY = "fer_run_config"
@@ -54,8 +54,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FERUserError(f"{path}: not a readable checkpoint ({reason})") from err
+        raise FERUserError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
     if not isinstance(checkpoint, dict) or RUN_CONFIG_KEY not in checkpoint:
         raise FERUserError(f"{path}: not a fer-lightning checkpoint (it has no stored run config)")
     return checkpoint
@@ -125,8 +124,7 @@ def _load_state(
         module.load_state_dict(state)
     except RuntimeError as err:
         raise FERUserError(
-            f"{path}: its weights do not fit the network {type(net).__name__} "
-            f"({str(err).splitlines()[0]})"
+            f"{path}: its weights do not fit the network {type(net).__name__} ({first_line(err)})"
         ) from err
 
 

@@ -1,6 +1,13 @@
 """User-facing errors: reported as one line and a non-zero exit, never as a traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (its type name when it has none), for the
+    reason part of a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class FERUserError(Exception):
     """A mistake in the user's input (path, file contents, config) with a one-line explanation."""
 

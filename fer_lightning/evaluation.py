@@ -14,19 +14,18 @@ from fer_lightning.checkpoint import (
     stored_tta,
     system_from_checkpoint,
 )
+from fer_lightning.data import SPLIT_NAMES
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 from fer_lightning.tta import check_tta_mode
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate `cfg.ckpt_path` on `cfg.split`, print the report and write it into the run dir."""
-    if cfg.split not in SPLITS:
-        raise FERUserError(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
+    if cfg.split not in SPLIT_NAMES:
+        raise FERUserError(f"split must be one of {', '.join(SPLIT_NAMES)} (got {cfg.split!r})")
     checkpoint = read_checkpoint(cfg.ckpt_path)
     datamodule = datamodule_from_checkpoint(checkpoint, cfg.data)
     system = system_from_checkpoint(checkpoint, cfg.ckpt_path)

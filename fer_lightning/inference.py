@@ -31,7 +31,7 @@ from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.tta import check_tta_mode, views
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -177,7 +177,7 @@ def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classi
         try:
             session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
         except _ONNX_LOAD_ERRORS as err:
-            raise FERUserError(f"{origin}: not a readable ONNX model ({_first_line(err)})") from err
+            raise FERUserError(f"{origin}: not a readable ONNX model ({first_line(err)})") from err
         metadata = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         return OnnxClassifier(session, *parse_metadata(metadata, origin))
     extra_files = {METADATA_KEY: ""}
@@ -188,7 +188,7 @@ def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classi
             module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=extra_files)
     except RuntimeError as err:
         raise FERUserError(
-            f"{origin}: not a readable TorchScript model ({_first_line(err)})"
+            f"{origin}: not a readable TorchScript model ({first_line(err)})"
         ) from err
     metadata = extra_files[METADATA_KEY]
     text = metadata.decode() if isinstance(metadata, bytes) else metadata
@@ -230,8 +230,3 @@ def _is_torchscript(path: Path) -> bool:
         return True  # not a torch file at all: let the TorchScript loader explain
     with zipfile.ZipFile(path) as archive:
         return any("/code/" in f"/{name}" for name in archive.namelist())
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -170,10 +170,9 @@ def write_report(
     class_names: Sequence[str],
     out_dir: str | os.PathLike[str],
     extra: dict[str, Any] | None = None,
-    prefix: str = "",
 ) -> dict[str, Any]:
-    """Write ``{prefix}metrics.json``, ``classification_report.txt``, ``confusion_matrix.png`` and
-    ``.csv`` (all with the same file-name ``prefix``) to ``out_dir``; returns the metrics dict.
+    """Write ``metrics.json``, ``classification_report.txt``, ``confusion_matrix.png`` and
+    ``confusion_matrix.csv`` to ``out_dir``; returns the metrics dict.
 
     ``extra`` (e.g. loss, checkpoint path) is merged into the report dict; its keys win.
     """
@@ -193,5 +192,5 @@ def write_report(
     }
     for name, content in contents.items():
         data = content.encode() if isinstance(content, str) else content
-        write_atomically(out_path / f"{prefix}{name}", lambda file, data=data: file.write(data))
+        write_atomically(out_path / name, lambda file, data=data: file.write(data))
     return metrics

@@ -151,15 +151,15 @@ def test_plot_shows_rates_and_counts() -> None:
 def test_write_report_writes_all_files(tmp_path: Path) -> None:
     out_dir = tmp_path / "eval" / "test"
     extra = {"loss": np.float32(0.5), "checkpoint": "best.ckpt", "per_epoch": torch.tensor([1, 2])}
-    metrics = write_report(CONFUSION, NAMES, out_dir, extra=extra, prefix="test_")
+    metrics = write_report(CONFUSION, NAMES, out_dir, extra=extra)
 
     assert sorted(path.name for path in out_dir.iterdir()) == [
-        "test_classification_report.txt",
-        "test_confusion_matrix.csv",
-        "test_confusion_matrix.png",
-        "test_metrics.json",
+        "classification_report.txt",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "metrics.json",
     ]  # and no temporary files left behind
-    saved = json.loads((out_dir / "test_metrics.json").read_text())
+    saved = json.loads((out_dir / "metrics.json").read_text())
     assert saved["accuracy"] == pytest.approx(13 / 22)
     assert saved["per_class"]["Sad"]["support"] == 4
     assert saved["loss"] == pytest.approx(0.5)
@@ -167,15 +167,15 @@ def test_write_report_writes_all_files(tmp_path: Path) -> None:
     assert saved["per_epoch"] == [1, 2]
     assert metrics["checkpoint"] == "best.ckpt"
 
-    text = (out_dir / "test_classification_report.txt").read_text()
+    text = (out_dir / "classification_report.txt").read_text()
     assert text == format_report(classification_report(CONFUSION, NAMES), NAMES)
 
-    table = pd.read_csv(out_dir / "test_confusion_matrix.csv", index_col=0)
+    table = pd.read_csv(out_dir / "confusion_matrix.csv", index_col=0)
     assert list(table.index) == NAMES
     assert list(table.columns) == NAMES
     np.testing.assert_array_equal(table.to_numpy(), CONFUSION)
 
-    png_path = out_dir / "test_confusion_matrix.png"
+    png_path = out_dir / "confusion_matrix.png"
     assert png_path.stat().st_size > 0
     pixels = imread(png_path)
     assert pixels.ndim == 3

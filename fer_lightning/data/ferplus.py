@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fer_lightning.data.fer2013_csv import SPLITS, SplitArrays, load_fer2013_csv
-from fer_lightning.errors import DataFormatError, FERUserError
+from fer_lightning.errors import DataFormatError, FERUserError, first_line
 
 FERPLUS_CLASSES: tuple[str, ...] = (
     "Neutral", "Happy", "Surprise", "Sad", "Angry", "Disgust", "Fear", "Contempt",
@@ -51,8 +51,7 @@ def read_ferplus_votes(path: str | os.PathLike) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, dtype={"Image name": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise DataFormatError(f"{path}: not a readable FER+ votes csv ({reason})") from err
+        raise DataFormatError(f"{path}: not a readable FER+ votes csv ({first_line(err)})") from err
     expected = ["Usage", "Image name", *VOTE_COLUMNS]
     if list(table.columns) != expected:
         raise DataFormatError(
