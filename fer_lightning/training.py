@@ -116,10 +116,9 @@ def _write_test_report(
     The ``val`` block holds the PublicTest scores of the tested weights: those stored in best.ckpt
     when it was written, else the last epoch's (none without a fit).
     """
-    if best_path:
-        val_metrics = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)[
-            VAL_METRICS_KEY
-        ]
+    if best_path:  # (empty for a checkpoint written before the scores were stored)
+        best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+        val_metrics = best.get(VAL_METRICS_KEY, {})
     else:
         val_metrics = {
             key.removeprefix("val/"): value
