@@ -408,6 +408,7 @@ def test_optuna_sweep_marks_a_failed_trial_and_goes_on(tmp_path, tiny_csv):
         "hydra.sweeper.sampler.seed=0",
         'hydra.sweeper.params={data.batch_size: "choice(0, 32)"}',
         "debug=fdr",
+        "test=true",  # the study's config leaves PrivateTest alone; this sweep asks for it
         "optimized_metric=test/acc",
         *sweep_data_overrides(tiny_csv),
         f"hydra.sweep.dir={tmp_path}",
