@@ -80,6 +80,7 @@ class FERSystem(pl.LightningModule):
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         class_names: Sequence[str] = EMOTIONS,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Plain lists/floats (not tuples or Hydra ListConfigs) keep checkpoints weights_only-safe.
@@ -90,7 +91,9 @@ class FERSystem(pl.LightningModule):
         self._validate_args(net, num_classes, scheduler_interval, class_weights, label_smoothing)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
 
-        self.net = net
+        # NHWC weights make oneDNN (CPU) and cuDNN (tensor cores) pick faster convolution kernels;
+        # the inputs need not be converted, the first convolution follows its weights.
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.example_input_array = torch.zeros(1, net.in_channels, IMAGE_SIZE, IMAGE_SIZE)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fer_lightning.models import BaselineCNN, DeepConcatNet, ResNet18FER
+from fer_lightning.models import VGGFER, BaselineCNN, DeepConcatNet, ResNet18FER
 
 # Seed 004's layer table: Keras layer name -> (output shape without batch, NHWC; Keras param #).
 # Keras names in snake case name the submodule; ``conv2d_8`` is the row the table dropped.
@@ -219,3 +219,36 @@ def test_resnet18_fer_counts_shapes_and_gradients() -> None:
     logits.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert ResNet18FER(stem_stride=2).stages(torch.zeros(1, 64, 24, 24)).shape[-1] == 3
+
+
+@pytest.mark.parametrize(
+    ("widths", "convs_per_stage", "params"),
+    [
+        # sum over stages of 3x3 convs (no bias) + BN (2 per channel), then a 7-way linear layer
+        ((64, 128, 256, 512), 2, 4_689_735),
+        ((48, 96, 192, 384), 2, 2_639_479),
+        ((8, 16, 32, 64), 1, 24_959),
+    ],
+)
+def test_vgg_fer_counts_shapes_and_gradients(widths, convs_per_stage, params) -> None:
+    net = VGGFER(in_channels=1, widths=widths, convs_per_stage=convs_per_stage)
+    expected, channels = 0, 1
+    for width in widths:
+        for _ in range(convs_per_stage):
+            expected += 9 * channels * width + 2 * width
+            channels = width
+    assert expected + 7 * channels + 7 == params
+    assert sum(p.numel() for p in net.parameters()) == params
+    images = torch.randn(2, 1, 48, 48)
+    assert net.features(images).shape == (2, widths[-1], 3, 3)
+    logits = net(images)
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 4 * convs_per_stage
+
+
+def test_vgg_fer_takes_three_channels_and_eight_classes() -> None:
+    net = VGGFER(in_channels=3, num_classes=8, widths=(8, 16, 32, 64))
+    assert net(torch.randn(1, 3, 48, 48)).shape == (1, 8)

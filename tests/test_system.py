@@ -307,6 +307,27 @@ def test_bad_configuration_is_a_user_error(kwargs: dict, field: str) -> None:
         FERSystem(net=TinyNet(), optimizer=SGD, **kwargs)
 
 
+def test_channels_last_keeps_the_logits_and_survives_a_weights_only_checkpoint(
+    tmp_path: Path,
+) -> None:
+    plain = _system()
+    nhwc = FERSystem(net=copy.deepcopy(plain.net), optimizer=SGD, channels_last=True)
+    # (out, in, kh, kw) = (4, 1, 3, 3): NHWC strides put the channel innermost
+    assert plain.net.layers[0].weight.stride() == (9, 9, 3, 1)
+    assert nhwc.net.layers[0].weight.stride() == (9, 1, 3, 1)
+    images = torch.randn(4, 1, 48, 48)
+    torch.testing.assert_close(nhwc(images), plain(images))
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints")
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(nhwc, datamodule=TinyDataModule())
+    restored = FERSystem.load_from_checkpoint(checkpoint.best_model_path, net=TinyNet())
+    assert restored.hparams.channels_last is True
+    assert restored.net.layers[0].weight.stride() == (9, 1, 3, 1)
+    nhwc.eval(), restored.eval()
+    torch.testing.assert_close(restored(images), nhwc(images))
+
+
 def test_forward_returns_logits_and_example_input_matches_net() -> None:
     system = FERSystem(net=TinyNet(in_channels=3))
     assert system.example_input_array.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)

@@ -23,7 +23,7 @@ from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import build_data_and_system, train
-from tests.conftest import LIMITED_RUN, compose_config, run_script
+from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
 
 
 @pytest.mark.parametrize("model", ["baseline", "deep"])
@@ -32,6 +32,36 @@ def test_fast_dev_run_per_model(train_cfg, model):
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert np.isfinite(metrics["train/loss"])
+
+
+def test_vgg_recipe_trains_in_bf16_and_its_checkpoint_evaluates(tmp_path, tiny_csv):
+    """experiment=vgg_fer2013 (bf16 autocast on the CPU, channels-last weights) end to end."""
+    run_dir = tmp_path / "run"
+    cfg = compose_config(
+        "train",
+        run_dir,
+        [
+            "experiment=vgg_fer2013",
+            *tiny_data_overrides(tiny_csv),
+            "model.net.widths=[8,16,32,64]",
+            *LIMITED_RUN,
+        ],
+    )
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.channels_last
+    metrics = train(cfg)
+    assert np.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+    best = run_dir / "checkpoints" / "best.ckpt"
+    stored = torch.load(best, weights_only=True)
+    assert stored["hyper_parameters"]["channels_last"] is True
+    assert all(
+        value.dtype == torch.float32
+        for value in stored["state_dict"].values()
+        if value.is_floating_point()
+    )
+    report = evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={best}"]))
+    assert report["accuracy"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+    )
 
 
 def test_training_with_mixup_and_cutmix(train_cfg):
