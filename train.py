@@ -1,18 +1,14 @@
 """Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`."""
 
-import os
-from pathlib import Path
-
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
 import hydra
 from omegaconf import DictConfig
 
 from fer_lightning.cli import run_task
+from fer_lightning.config import CONF_DIR
 from fer_lightning.training import train_for_sweep
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Fit, select on PublicTest, test once on PrivateTest; return the metric a sweep optimises."""
     return run_task(train_for_sweep, cfg)

@@ -12,6 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+# conf/paths reads the repository root from $PROJECT_ROOT (as lightning-hydra-template does); every
+# entry point imports this module before its config is resolved, so setting it here covers them all.
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 CONF_DIR = ROOT / "conf"
 
 
@@ -23,7 +26,6 @@ def compose_config(
     `${hydra:runtime.output_dir}` has no value outside a Hydra main, so the run dir is set
     explicitly; logs go below it too.
     """
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)

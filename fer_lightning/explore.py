@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from fer_lightning.callbacks import plot_sample_predictions
 from fer_lightning.checkpoint import datamodule_from_checkpoint, read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error
-from fer_lightning.config import CONF_DIR, ROOT
+from fer_lightning.config import CONF_DIR
 from fer_lightning.data import SPLIT_NAMES, SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
@@ -276,7 +275,7 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
                 f"data's {class_names}; leave csv_path unset to use its training run's data"
             )
         _check_indices(cfg.image_indices, splits[cfg.split], cfg.split)
-        if not str(cfg.ckpt_path).startswith(pretrained.PREFIX):  # shipped weights have no run
+        if not pretrained.is_shipped(cfg.ckpt_path):  # shipped weights have no run
             run_dir = checkpoint_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
         if run_dir is not None and (run_dir / "tensorboard").is_dir():
             writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -347,5 +346,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     main()

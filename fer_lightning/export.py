@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from torch import nn
 from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error
-from fer_lightning.config import CONF_DIR, ROOT
+from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
 from fer_lightning.inference import (
@@ -168,5 +167,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     main()

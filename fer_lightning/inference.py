@@ -142,7 +142,7 @@ def load_classifier(ckpt_path: str | os.PathLike, tta: str | None = None) -> Cla
 
 def _load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
     text = str(ckpt_path)
-    if text.startswith(pretrained.PREFIX):  # shipped weights are slimmed Lightning checkpoints
+    if pretrained.is_shipped(text):  # shipped weights are slimmed Lightning checkpoints
         return classifier_from_checkpoint(read_checkpoint(text), text)
     path = Path(text).expanduser()
     if not path.is_file():

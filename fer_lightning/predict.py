@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error
-from fer_lightning.config import CONF_DIR, ROOT
+from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
 from fer_lightning.inference import Classifier, load_classifier
@@ -594,6 +594,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     sys.argv = source_argv(sys.argv)
     main()

@@ -15,8 +15,6 @@ from fer_lightning.config import ROOT, compose_config
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.training import train
 
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-
 # small enough for seconds-long runs, large enough that every class appears in every split
 TINY_SPLIT_SIZES = {"num_train": 280, "num_val": 70, "num_test": 70}
 

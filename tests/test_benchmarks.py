@@ -90,3 +90,23 @@ def test_bench_inference_rates_every_model_and_batch_size() -> None:
     (row,) = table_rows(out)
     assert row[:2] == ["baseline", "318,407"]
     assert len(row) == 4 and all(number(rate) > 0 for rate in row[2:])
+
+
+def test_bench_precision_rates_every_setting_against_fp32() -> None:
+    out = run_benchmark(
+        "bench_precision.py",
+        *("--models", "baseline", "--batch-size", "4", "--batches", "2"),
+        *("--warmup", "0", "--rounds", "2", "--steps", "1"),
+    )
+    rows = table_rows(out)
+    assert [row[:2] for row in rows] == [
+        ["baseline", "fp32"],
+        ["baseline", "fp32 + channels_last"],
+        ["baseline", "bf16-mixed"],
+        ["baseline", "bf16-mixed + channels_last"],
+    ]
+    assert number(rows[0][3]) == 1.0
+    for _, _, rate, speed_up in rows:  # speed-up is the rate over fp32's rate
+        assert number(speed_up) == pytest.approx(
+            number(rate) / number(rows[0][2]), rel=0.02, abs=0.01
+        )

@@ -22,10 +22,15 @@ def available() -> list[str]:
     return sorted(path.stem for path in WEIGHTS_DIR.glob("*.pt"))
 
 
+def is_shipped(ckpt_path: str | os.PathLike) -> bool:
+    """Whether `ckpt_path` names shipped weights (`pretrained:<name>`) rather than a file."""
+    return str(ckpt_path).startswith(PREFIX)
+
+
 def resolve(ckpt_path: str | os.PathLike) -> Path:
     """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
     text = str(ckpt_path)
-    if not text.startswith(PREFIX):
+    if not is_shipped(text):
         return Path(text).expanduser()
     name = text.removeprefix(PREFIX)
     path = WEIGHTS_DIR / f"{name}.pt"
