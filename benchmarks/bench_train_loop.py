@@ -14,7 +14,8 @@ callback runs `--block` bare steps. This VM's CPU speed drifts by up to 2x withi
 timing one loop after the other measured the drift, not the loops. The first `--settle` steps of
 every block are left out (caches refill when the loops switch nets). The script prints the median
 images/s of both loops, the ratio of those medians, the spread of the per-block ratios and its
-own command line. Hydra overrides for the real loop follow `--`, e.g. `-- data.num_workers=1`.
+own command line. Hydra overrides for the real loop follow `--`, e.g. `-- data.num_workers=1`;
+with `trainer.precision=bf16-mixed` the bare loop runs under the same autocast.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import torch.nn.functional as F
 
 from fer_lightning.config import compose_config
 from fer_lightning.training import train
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 class InterleavedTimer(pl.Callback):
@@ -59,7 +62,10 @@ class InterleavedTimer(pl.Callback):
         Distinct batches matter: stepping on one batch over and over overfits it within a
         hundred steps, and its vanishing gradients made the bare loop look slower than the real one.
         """
-        self.net = copy.deepcopy(pl_module.net).train()
+        self.net = copy.deepcopy(pl_module.net).train()  # keeps channels-last weights
+        # the real loop's autocast (trainer.precision=bf16-mixed / 16-mixed), so both compute alike
+        self.autocast_dtype = AUTOCAST_DTYPES.get(str(trainer.precision))
+        self.device_type = pl_module.device.type
         real_optimizer = trainer.optimizers[0]
         self.optimizer = type(real_optimizer)(self.net.parameters(), **real_optimizer.defaults)
         batch_size = trainer.datamodule.hparams.batch_size
@@ -90,7 +96,12 @@ class InterleavedTimer(pl.Callback):
             for step in range(self.block):
                 images, labels = self.batches[(index * self.block + step) % len(self.batches)]
                 start = time.perf_counter()
-                loss = F.cross_entropy(self.net(images), labels)
+                with torch.autocast(
+                    self.device_type,
+                    dtype=self.autocast_dtype,
+                    enabled=self.autocast_dtype is not None,
+                ):
+                    loss = F.cross_entropy(self.net(images), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -151,7 +162,8 @@ def main() -> None:
 
     print(f"`python {shlex.join(sys.argv)}`  ")
     print(
-        f"model {args.model}, batch {args.batch_size}, {len(block_ratios)} interleaved pairs of "
+        f"model {args.model}, batch {args.batch_size}, precision {cfg.trainer.precision}, "
+        f"{len(block_ratios)} interleaved pairs of "
         f"{args.block}-step blocks ({args.settle} settling steps each left out) after "
         f"{args.warmup} warm-up steps; torch {torch.__version__}, {torch.get_num_threads()} "
         "threads; medians of per-step times\n"

@@ -72,6 +72,20 @@ def test_bench_train_loop_compares_both_loops(tiny_csv: Path) -> None:
     assert "2 interleaved pairs of 5-step blocks" in out
 
 
+def test_bench_train_loop_runs_both_loops_in_bf16(tiny_csv: Path) -> None:
+    out = run_benchmark(
+        "bench_train_loop.py",
+        *("--csv", str(tiny_csv), "--batch-size", "8", "--warmup", "2"),
+        *("--blocks", "1", "--block", "3", "--settle", "1"),
+        *TINY_DATA,
+        *("trainer.precision=bf16-mixed", "model.channels_last=true"),
+    )
+    assert "precision bf16-mixed" in out
+    rates = {row[0]: row[1] for row in table_rows(out)}
+    assert number(rates["bare forward+backward+step"]) > 0
+    assert number(rates["train.py (augmentation, loader, metrics, logging)"]) > 0
+
+
 def test_bench_parse_times_seed_000_and_ours(tiny_csv: Path) -> None:
     out = run_benchmark(
         "bench_parse.py", "--csv", str(tiny_csv), "--repeats", "1", "--seed-repeats", "1"
