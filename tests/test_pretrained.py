@@ -102,7 +102,7 @@ def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weigh
 
 @pytest.mark.parametrize(
     ("name", "net_class", "max_megabytes"),
-    [("baseline", "BaselineCNN", 25), ("deep", "DeepConcatNet", 25)],
+    [("baseline", "BaselineCNN", 25), ("deep", "DeepConcatNet", 25), ("vgg", "VGGFER", 25)],
 )
 def test_shipped_weights_load_offline_and_classify(
     tmp_path, tiny_csv, name, net_class, max_megabytes

@@ -1,4 +1,4 @@
-"""A ResNet-18 for 48x48 faces, trained from scratch: the strongest net of this project."""
+"""A ResNet-18 for 48x48 faces, trained from scratch: the largest net here, sized for a GPU."""
 
 from __future__ import annotations
 
