@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import hydra
 import torch
@@ -46,7 +47,7 @@ class Cell:
     def __init__(
         self,
         net: torch.nn.Module,
-        optimizer_factory,
+        optimizer_factory: Callable[..., torch.optim.Optimizer],
         batches: list[tuple[torch.Tensor, torch.Tensor]],
         bf16: bool,
         channels_last: bool,

@@ -14,9 +14,9 @@ class VGGFER(nn.Module):
     """Four stages of ``convs_per_stage`` 3x3 conv-BN-ReLU layers, each ending in a 2x2 max-pool.
 
     48 px faces shrink to 24, 12, 6 and 3 px; global average pooling, dropout and one linear layer
-    follow (no 4096-wide dense layers: they hold most of a classic VGG's parameters and overfit
-    28,709 faces). The widths double per stage; the default ``(64, 128, 256, 512)`` has
-    4.7 M parameters, ``(48, 96, 192, 384)`` 2.6 M and a little under half the compute.
+    follow (no 4096-wide dense layers, which hold most of a classic VGG's parameters). The widths
+    double per stage; the default ``(64, 128, 256, 512)`` has 4.7 M parameters, ``(48, 96, 192,
+    384)`` 2.6 M and 56 % of the compute (it scales with the width squared).
     """
 
     def __init__(
