@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from hydra.errors import InstantiationException
 
+from fer_lightning.config import CONF_DIR
 from fer_lightning.data import FERPLUS_CLASSES, load_fer2013_csv, load_ferplus, majority_labels
 from fer_lightning.data.ferplus import NO_MAJORITY, VOTE_COLUMNS
 from fer_lightning.errors import DataFormatError, FERUserError
@@ -116,6 +117,31 @@ def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
     train(cfg)
     report = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert list(report["per_class"]) == list(FERPLUS_CLASSES)
+
+
+FERPLUS_EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*_ferplus.yaml"))
+
+
+@pytest.mark.parametrize("experiment", FERPLUS_EXPERIMENTS)
+def test_ferplus_experiment_is_its_fer2013_recipe_on_ferplus_labels(tiny_csv, tmp_path, experiment):
+    """`<net>_ferplus` is `<net>_fer2013` with FER+ labels (8 classes), nothing else."""
+    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    ferplus = _ferplus_train_cfg(tiny_csv, votes_csv, tmp_path / "run", f"experiment={experiment}")
+    fer2013 = compose_config(
+        "train",
+        tmp_path / "run",
+        [
+            *tiny_data_overrides(tiny_csv),
+            f"experiment={experiment.removesuffix('_ferplus')}_fer2013",
+        ],
+    )
+    assert ferplus.data._target_.endswith("FERPlusDataModule")
+    assert ferplus.model.net.num_classes == 8 and fer2013.model.net.num_classes == 7
+    fer2013.model.net.num_classes = 8
+    assert ferplus.model == fer2013.model
+    assert ferplus.trainer == fer2013.trainer
+    assert ferplus.callbacks == fer2013.callbacks
+    assert ferplus.data.augment == fer2013.data.augment
 
 
 def test_evaluate_takes_the_votes_file_of_this_machine(tiny_csv, tmp_path):
