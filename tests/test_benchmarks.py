@@ -124,3 +124,12 @@ def test_bench_precision_rates_every_setting_against_fp32() -> None:
         assert number(speed_up) == pytest.approx(
             number(rate) / number(rows[0][2]), rel=0.02, abs=0.01
         )
+
+
+def test_bench_ema_times_both_averages_of_every_net() -> None:
+    out = run_benchmark("bench_ema.py", "--models", "baseline", "--rounds", "2", "--updates", "1")
+    rows = table_rows(out)
+    assert [row[:2] for row in rows] == [["baseline", "10"]]  # 5 conv/linear weights and biases
+    _, _, per_tensor, fused, speed_up = rows[0]
+    assert number(per_tensor) > 0 and number(fused) > 0
+    assert number(speed_up) == pytest.approx(number(per_tensor) / number(fused), rel=0.02)

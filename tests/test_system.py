@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -388,6 +388,37 @@ def test_tensorboard_sample_predictions_use_the_validated_ema_weights(
         torch.testing.assert_close(torch.softmax(system(images), dim=1), probabilities)
         # ... and the raw weights predict otherwise
         assert not torch.allclose(torch.softmax(raw.net(images), dim=1), probabilities)
+
+
+class TinyBatchNormNet(TinyNet):
+    """TinyNet with a BatchNorm, so that the average covers float and integer buffers too."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__(in_channels, num_classes)
+        self.layers.insert(1, nn.BatchNorm2d(4))
+
+
+def test_fused_ema_averages_what_lightnings_per_tensor_ema_does(tmp_path: Path) -> None:
+    class KeepRawWeights(pl.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            # runs before the EMA callback's, which copies the average into the net
+            self.state = copy.deepcopy(pl_module.net.state_dict())
+
+    averages, raw_states = [], []
+    for ema in (EMAWeights(decay=0.7), EMAWeightAveraging(decay=0.7)):
+        torch.manual_seed(0)
+        system = FERSystem(net=TinyBatchNormNet(), optimizer=SGD)
+        raw = KeepRawWeights()
+        _trainer(tmp_path, callbacks=[raw, ema]).fit(system, datamodule=TinyDataModule())
+        averages.append(system.net.state_dict())
+        raw_states.append(raw.state)
+    fused, reference = averages
+    assert fused.keys() == reference.keys()
+    for name, value in fused.items():
+        torch.testing.assert_close(value, reference[name], msg=name)
+    torch.testing.assert_close(raw_states[0], raw_states[1])
+    assert not torch.allclose(fused["layers.0.weight"], raw_states[0]["layers.0.weight"])
+    assert not torch.allclose(fused["layers.1.running_var"], raw_states[0]["layers.1.running_var"])
 
 
 def test_tensorboard_extras_are_a_no_op_without_tensorboard(tmp_path: Path) -> None:
