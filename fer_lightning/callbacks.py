@@ -171,9 +171,9 @@ class EMAWeights(EMAWeightAveraging):
     """Lightning's EMA of the weights, updated with one fused ``_foreach_lerp_`` per device and
     dtype, and a checkpoint loaded to test or predict keeps its averaged weights.
 
-    Lightning passes torch's per-tensor ``avg_fn`` (three kernels and two temporaries per
-    parameter and buffer, every step: 8 % of a deep-net step on CPU and hundreds of kernel
-    launches per step on a GPU); torch's ``multi_avg_fn`` computes the same average in place.
+    Lightning passes torch's per-tensor ``avg_fn``: three kernels and two temporaries per
+    parameter and buffer, every step (hundreds of kernel launches per step on a GPU). torch's
+    ``multi_avg_fn`` computes the same average in place; benchmarks/bench_ema.py times both.
 
     Checkpoints hold the average in ``state_dict`` (what validation scored and selected) and the
     raw weights in ``current_model_state``. The parent restores the raw weights on every load

@@ -29,12 +29,17 @@ SCHEDULER_INTERVALS = ("epoch", "step")
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
+# Labels are checked when the data is read; torchmetrics' own per-batch check of them (a
+# torch.unique) would make the host wait for the GPU at every step.
+UNCHECKED = {"validate_args": False}
+
+
 def _summary_metrics(num_classes: int) -> MetricCollection:
     """Accuracy and macro-F1: cheap enough to track on every stage, including training."""
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", **UNCHECKED),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro", **UNCHECKED),
         }
     )
 
@@ -44,10 +49,10 @@ def _detailed_metrics(num_classes: int) -> MetricCollection:
     metrics = _summary_metrics(num_classes)
     metrics.add_metrics(
         {
-            "precision": MulticlassPrecision(num_classes, average=None),
-            "recall": MulticlassRecall(num_classes, average=None),
-            "f1": MulticlassF1Score(num_classes, average=None),
-            "confusion": MulticlassConfusionMatrix(num_classes),
+            "precision": MulticlassPrecision(num_classes, average=None, **UNCHECKED),
+            "recall": MulticlassRecall(num_classes, average=None, **UNCHECKED),
+            "f1": MulticlassF1Score(num_classes, average=None, **UNCHECKED),
+            "confusion": MulticlassConfusionMatrix(num_classes, **UNCHECKED),
         }
     )
     return metrics

@@ -532,6 +532,22 @@ def test_batch_augment_rejects_bad_options() -> None:
 # ------------------------------------------------------------------------------------ datamodules
 
 
+@pytest.mark.parametrize(
+    ("pin_memory", "device", "pinned"),
+    [(None, None, False), (None, "cpu", False), (None, "cuda", True), (False, "cuda", False)],
+)
+def test_loaders_pin_memory_when_asked_or_by_default_when_training_on_a_gpu(
+    synthetic_csv: Path, pin_memory: bool | None, device: str | None, pinned: bool
+) -> None:
+    module = FER2013DataModule(str(synthetic_csv), pin_memory=pin_memory)
+    if device is not None:  # what the loaders read of the trainer attached by Lightning
+        module.trainer = SimpleNamespace(
+            strategy=SimpleNamespace(root_device=torch.device(device)), training=False
+        )
+    assert module.train_dataloader().pin_memory is pinned
+    assert module.val_dataloader().pin_memory is pinned
+
+
 def test_csv_datamodule_batches_counts_and_weights(synthetic_csv: Path, tmp_path: Path) -> None:
     augment = OmegaConf.create({"hflip": 0.5, "affine_scale": [0.9, 1.1]})
     module = FER2013DataModule(

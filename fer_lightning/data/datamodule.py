@@ -74,7 +74,7 @@ class FER2013DataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         in_channels: int = 1,
         class_weighting: str = "none",
         augment: dict | None = None,
@@ -145,9 +145,17 @@ class FER2013DataModule(pl.LightningDataModule):
             shuffle=train,
             drop_last=False,
             num_workers=self.hparams.num_workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def pins_memory(self) -> bool:
+        """``pin_memory``, or when it is None, whether the trainer runs on a CUDA device: a copy
+        from pageable memory makes the host wait for the GPU at every batch, a pinned one
+        overlaps the previous step."""
+        if self.hparams.pin_memory is not None:
+            return self.hparams.pin_memory
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
