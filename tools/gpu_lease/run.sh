@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One GPU lease, one command: the deep net's epoch benchmark, then one training fitted to the time
+# left, on Training with selection on PublicTest (the payload holds no PrivateTest).
+#
+# Here, before the call (the working tree that travels is capped at 64 MiB):
+#   python tools/gpu_lease/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \
+#       --ferplus ../shared/fer2013/fer2013new.csv
+#   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.8 omegaconf==2.3.1
+#   python -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
+#   mkdir -p /tmp/shipped && mv fer_lightning/pretrained/*.pt /tmp/shipped/   # back after the call
+# The call: command `bash tools/gpu_lease/run.sh`, carry [".gpu", ".whl"], timeout 600 s.
+# Env: DEADLINE (s after start when training stops, default 540), TRAIN (the run's overrides),
+# NAME (its name), SMOKE=1 (a few CPU batches, to try this script here).
+# Back in $OUT: steps.log, bench_deep.md, logs.tgz (metrics.csv, configs, logs) and the best
+# checkpoint's weights as $NAME.pt.partNN (fp32, 15 MB parts: cat them back together).
+set -u
+start=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+NAME=${NAME:-vgg_wide}
+TRAIN=${TRAIN:-experiment=vgg_fer2013 model.net.widths=[64,128,256,512]}
+OUT=${OUT:-/tmp/gpu_lease_out}
+WORK=/tmp/gpu_lease_work
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
+elapsed() { echo $(($(date +%s) - start)); }
+log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/steps.log"; }
+
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', \
+pl.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" |
+  tee -a "$OUT/steps.log"
+python3 tools/gpu_lease/payload.py unpack .gpu /tmp/fer || exit 1
+CSV=/tmp/fer/fer2013.csv
+COMMON=(data.cache_dir="$WORK/cache")
+VOTES=()  # FER+ runs read the carried votes
+case "$TRAIN" in *ferplus*) VOTES=(data.ferplus_csv=/tmp/fer/fer2013new.csv) ;; esac
+if [ "${SMOKE:-0}" = 1 ]; then
+  COMMON+=(trainer=default trainer.limit_train_batches=3 trainer.limit_val_batches=2)
+  EPOCHS=(2 2)
+else
+  COMMON+=(trainer=gpu)
+  EPOCHS=(4 3)
+fi
+
+log "deep-net epoch benchmark"
+python3 benchmarks/bench_epoch.py --csv "$CSV" --epochs "${EPOCHS[0]}" -- "${COMMON[@]}" \
+  > "$OUT/bench_deep.md" 2> "$WORK/bench_deep.err"
+cat "$OUT/bench_deep.md"
+
+log "calibration: $TRAIN"
+read -r -a RUN <<< "$TRAIN"
+experiment=$(printf '%s\n' "${RUN[@]}" | sed -n 's/^experiment=//p')
+python3 benchmarks/bench_epoch.py --csv "$CSV" --experiment "$experiment" --epochs "${EPOCHS[1]}" \
+  -- "${COMMON[@]}" "${VOTES[@]}" $(printf '%s\n' "${RUN[@]}" | grep -v '^experiment=') \
+  > "$WORK/calibration.md" 2> "$WORK/calibration.err"
+cat "$WORK/calibration.md" | tee -a "$OUT/steps.log"
+epoch_s=$(grep -o 'median of epochs[^|]*| \*\*[0-9.]*' "$WORK/calibration.md" | grep -o '[0-9.]*$')
+left=$((DEADLINE - $(elapsed) - 30))
+epochs=$(python3 -c "import sys; print(max(1, min(100, int($left / (float(sys.argv[1]) * 1.1)))))" \
+  "${epoch_s:-1e9}")
+[ "${SMOKE:-0}" = 1 ] && epochs=2
+log "epoch ${epoch_s}s, ${left}s left: $epochs epochs"
+
+args=("${RUN[@]}" trainer.max_epochs="$epochs" "${COMMON[@]}" "${VOTES[@]}" data.csv_path="$CSV" test=false
+  ~callbacks.step_checkpoint ~callbacks.last_checkpoint hydra.run.dir="$WORK/$NAME")
+log "python train.py ${args[*]}"
+timeout $((DEADLINE - $(elapsed))) python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
+log "train.py exit status $?"
+
+python3 - "$WORK/$NAME/checkpoints/best.ckpt" "$WORK/$NAME.pt" <<'PY' || exit 1
+import sys
+import torch
+from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning.pretrained.__main__ import slim
+torch.save(slim(read_checkpoint(sys.argv[1]), "none", half=False), sys.argv[2])
+PY
+sha256sum "$WORK/$NAME.pt" | tee -a "$OUT/steps.log"
+split -b 15000000 -d "$WORK/$NAME.pt" "$OUT/$NAME.pt.part"
+(cd "$WORK" && tar czf "$OUT/logs.tgz" --exclude='*.ckpt' --exclude='*.pt' --exclude=cache .)
+log "done"
