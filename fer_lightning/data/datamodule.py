@@ -150,9 +150,9 @@ class FER2013DataModule(pl.LightningDataModule):
         )
 
     def pins_memory(self) -> bool:
-        """``pin_memory``, or when it is None, whether the trainer runs on a CUDA device: a copy
-        from pageable memory makes the host wait for the GPU at every batch, a pinned one
-        overlaps the previous step."""
+        """``pin_memory``, or when it is None, whether the trainer runs on a CUDA device: the
+        driver may stage a copy from pageable memory through a host wait, a pinned batch's copy
+        is queued behind the previous step."""
         if self.hparams.pin_memory is not None:
             return self.hparams.pin_memory
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
