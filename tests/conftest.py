@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from omegaconf import DictConfig
 
 from fer_lightning.config import ROOT, compose_config
+from fer_lightning.data.ferplus import VOTE_COLUMNS
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.training import train
 
@@ -95,3 +97,25 @@ def run_script(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def ferplus_votes(**counts: int) -> list[int]:
+    """One fer2013new.csv vote row: ``counts`` by column name, zeros elsewhere."""
+    return [counts.get(column, 0) for column in VOTE_COLUMNS]
+
+
+def write_ferplus_votes(tiny_csv: Path, path: Path, rows: list[list[int]] | None = None) -> Path:
+    """A fer2013new.csv for `tiny_csv`: row i votes for FER+ class i % 8, every 9th row NF."""
+    usage = pd.read_csv(tiny_csv, usecols=["Usage"])["Usage"]
+    if rows is None:
+        rows = [
+            ferplus_votes(NF=10)
+            if index % 9 == 8
+            else ferplus_votes(**{VOTE_COLUMNS[index % 8]: 10})
+            for index in range(len(usage))
+        ]
+    table = pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
+    table.insert(0, "Image name", [f"fer{index:07d}.png" for index in range(len(usage))])
+    table.insert(0, "Usage", usage)
+    table.to_csv(path, index=False)
+    return path

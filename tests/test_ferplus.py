@@ -13,48 +13,38 @@ from hydra.errors import InstantiationException
 
 from fer_lightning.config import CONF_DIR
 from fer_lightning.data import FERPLUS_CLASSES, load_fer2013_csv, load_ferplus, majority_labels
-from fer_lightning.data.ferplus import NO_MAJORITY, VOTE_COLUMNS
+from fer_lightning.data.ferplus import NO_MAJORITY
 from fer_lightning.errors import DataFormatError, FERUserError
 from fer_lightning.training import train
-from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
-
-
-def _votes(**counts: int) -> list[int]:
-    return [counts.get(column, 0) for column in VOTE_COLUMNS]
+from tests.conftest import (
+    LIMITED_RUN,
+    compose_config,
+    ferplus_votes,
+    run_script,
+    tiny_data_overrides,
+    write_ferplus_votes,
+)
 
 
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        (_votes(neutral=6, surprise=1, sadness=1, unknown=2), 0),  # single votes are outliers
-        (_votes(neutral=4, sadness=1, anger=3, disgust=2), NO_MAJORITY),  # 4 of 9: no majority
-        (_votes(happiness=5, surprise=5), NO_MAJORITY),  # a tie is not more than half
-        (_votes(contempt=7, anger=3), FERPLUS_CLASSES.index("Contempt")),
-        (_votes(unknown=8, fear=2), NO_MAJORITY),
-        (_votes(NF=10), NO_MAJORITY),
+        # single votes are outliers
+        (ferplus_votes(neutral=6, surprise=1, sadness=1, unknown=2), 0),
+        # 4 of 9: no majority
+        (ferplus_votes(neutral=4, sadness=1, anger=3, disgust=2), NO_MAJORITY),
+        (ferplus_votes(happiness=5, surprise=5), NO_MAJORITY),  # a tie is not more than half
+        (ferplus_votes(contempt=7, anger=3), FERPLUS_CLASSES.index("Contempt")),
+        (ferplus_votes(unknown=8, fear=2), NO_MAJORITY),
+        (ferplus_votes(NF=10), NO_MAJORITY),
     ],
 )
 def test_majority_rule(row, expected):
     assert majority_labels(np.array([row])).tolist() == [expected]
 
 
-def _write_votes(tiny_csv: Path, path: Path, rows: list[list[int]] | None = None) -> Path:
-    """A fer2013new.csv for `tiny_csv`: row i votes for FER+ class i % 8, every 9th row NF."""
-    usage = pd.read_csv(tiny_csv, usecols=["Usage"])["Usage"]
-    if rows is None:
-        rows = [
-            _votes(NF=10) if index % 9 == 8 else _votes(**{VOTE_COLUMNS[index % 8]: 10})
-            for index in range(len(usage))
-        ]
-    table = pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
-    table.insert(0, "Image name", [f"fer{index:07d}.png" for index in range(len(usage))])
-    table.insert(0, "Usage", usage)
-    table.to_csv(path, index=False)
-    return path
-
-
 def test_load_ferplus_relabels_and_drops(tiny_csv, tmp_path):
-    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
     splits = load_ferplus(tiny_csv, votes_csv)
     usage = pd.read_csv(tiny_csv, usecols=["Usage"])["Usage"].to_numpy()
     fer2013 = load_fer2013_csv(tiny_csv)
@@ -69,14 +59,16 @@ def test_load_ferplus_relabels_and_drops(tiny_csv, tmp_path):
 def test_ferplus_file_errors_name_file_line_and_field(tiny_csv, tmp_path):
     with pytest.raises(FERUserError, match=r"fer2013new\.csv does not exist"):
         load_ferplus(tiny_csv, tmp_path / "fer2013new.csv")
-    bad = _write_votes(tiny_csv, tmp_path / "bad.csv")
+    bad = write_ferplus_votes(tiny_csv, tmp_path / "bad.csv")
     lines = bad.read_text().splitlines()
     lines[3] = lines[3].rsplit(",", 1)[0] + ",x"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataFormatError, match=r"bad.csv:4: field 'NF'.*'x'"):
         load_ferplus(tiny_csv, bad)
     short = tmp_path / "short.csv"
-    pd.read_csv(_write_votes(tiny_csv, tmp_path / "full.csv")).iloc[:-1].to_csv(short, index=False)
+    pd.read_csv(write_ferplus_votes(tiny_csv, tmp_path / "full.csv")).iloc[:-1].to_csv(
+        short, index=False
+    )
     with pytest.raises(DataFormatError, match="do not describe the same images"):
         load_ferplus(tiny_csv, short)
 
@@ -108,7 +100,7 @@ def _ferplus_train_cfg(tiny_csv: Path, votes_csv: Path, run_dir: Path, *override
 
 @pytest.mark.parametrize("choice", ["data=ferplus", "experiment=baseline_ferplus"])
 def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
-    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
     cfg = _ferplus_train_cfg(tiny_csv, votes_csv, tmp_path / "run", choice, "debug=fdr")
     assert cfg.model.net.num_classes == 8
     if choice.startswith("experiment="):  # the baseline recipe, only the labels change
@@ -125,7 +117,7 @@ FERPLUS_EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glo
 @pytest.mark.parametrize("experiment", FERPLUS_EXPERIMENTS)
 def test_ferplus_experiment_is_its_fer2013_recipe_on_ferplus_labels(tiny_csv, tmp_path, experiment):
     """`<net>_ferplus` is `<net>_fer2013` with FER+ labels (8 classes), nothing else."""
-    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
     ferplus = _ferplus_train_cfg(tiny_csv, votes_csv, tmp_path / "run", f"experiment={experiment}")
     fer2013 = compose_config(
         "train",
@@ -146,7 +138,7 @@ def test_ferplus_experiment_is_its_fer2013_recipe_on_ferplus_labels(tiny_csv, tm
 
 def test_evaluate_takes_the_votes_file_of_this_machine(tiny_csv, tmp_path):
     """A FER+ checkpoint whose votes file has moved evaluates with `data.ferplus_csv=<new path>`."""
-    votes_csv = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
     cfg = _ferplus_train_cfg(
         tiny_csv, votes_csv, tmp_path / "run", "data=ferplus", *LIMITED_RUN, "test=false"
     )

@@ -10,8 +10,7 @@ import numpy as np
 
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.data.ferplus import load_ferplus
-from tests.conftest import ROOT
-from tests.test_ferplus import _write_votes
+from tests.conftest import ROOT, write_ferplus_votes
 
 
 def _payload_module():
@@ -26,7 +25,7 @@ def test_payload_round_trip_keeps_training_and_publictest_and_drops_privatetest(
     tiny_csv: Path, tmp_path: Path
 ) -> None:
     payload = _payload_module()
-    votes = _write_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    votes = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
     payload.pack(tiny_csv, tmp_path / "payload", votes)
     payload.unpack(tmp_path / "payload", tmp_path / "there")
 
