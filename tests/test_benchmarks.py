@@ -132,4 +132,8 @@ def test_bench_ema_times_both_averages_of_every_net() -> None:
     assert [row[:2] for row in rows] == [["baseline", "10"]]  # 5 conv/linear weights and biases
     _, _, per_tensor, fused, speed_up = rows[0]
     assert number(per_tensor) > 0 and number(fused) > 0
-    assert number(speed_up) == pytest.approx(number(per_tensor) / number(fused), rel=0.02)
+    # the speed-up is the ratio of the unrounded times; the printed times are rounded to 0.01 ms
+    half = 0.005
+    lowest = (number(per_tensor) - half) / (number(fused) + half)
+    highest = (number(per_tensor) + half) / max(number(fused) - half, 1e-9)
+    assert lowest - half <= number(speed_up) <= highest + half
