@@ -26,6 +26,7 @@ from fer_lightning.errors import FERUserError
 from fer_lightning.tta import tta_log_probabilities
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
@@ -68,6 +69,25 @@ def _needs_total_steps(scheduler_factory: Callable[..., LRScheduler]) -> bool:
     )
 
 
+def _check_one_cycle_warm_up(
+    scheduler_factory: Callable[..., LRScheduler], total_steps: int
+) -> None:
+    """Refuse the one-cycle schedules torch's OneCycleLR divides by zero on: a warm-up of exactly
+    one step (e.g. 5 steps with ``pct_start=0.2``) or of the whole run."""
+    func = getattr(scheduler_factory, "func", scheduler_factory)
+    parameter = inspect.signature(func).parameters.get("pct_start")
+    if parameter is None:
+        return
+    pct_start = getattr(scheduler_factory, "keywords", {}).get("pct_start", parameter.default)
+    warm_up = "the whole run" if pct_start == 1 else "exactly 1 step"
+    if pct_start * total_steps == 1 or pct_start == 1:
+        raise FERUserError(
+            f"model.scheduler: a one-cycle schedule of {total_steps} steps with pct_start="
+            f"{pct_start} warms up for {warm_up}, which OneCycleLR cannot run (it divides by "
+            "zero); change pct_start or the number of steps"
+        )
+
+
 class FERSystem(pl.LightningModule):
     """Cross-entropy training of ``net`` with per-stage metrics; the net itself is pluggable.
 
@@ -86,6 +106,7 @@ class FERSystem(pl.LightningModule):
         label_smoothing: float = 0.0,
         class_names: Sequence[str] = EMOTIONS,
         channels_last: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         # Plain lists/floats (not tuples or Hydra ListConfigs) keep checkpoints weights_only-safe.
@@ -94,7 +115,15 @@ class FERSystem(pl.LightningModule):
         label_smoothing = float(label_smoothing)
         num_classes = len(class_names)
         self._validate_args(net, num_classes, scheduler_interval, class_weights, label_smoothing)
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        # compile_mode says how to run the net, not what it is: evaluation loads it eager
+        self.save_hyperparameters(
+            ignore=["net", "optimizer", "scheduler", "compile_mode"], logger=False
+        )
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise FERUserError(
+                f"model.compile_mode={compile_mode!r} must be null or one of {COMPILE_MODES}"
+            )
+        self.compile_mode = compile_mode
 
         # NHWC weights make oneDNN (CPU) and cuDNN (tensor cores) pick faster convolution kernels;
         # the inputs need not be converted, the first convolution follows its weights.
@@ -147,6 +176,14 @@ class FERSystem(pl.LightningModule):
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise FERUserError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+
+    def on_fit_start(self) -> None:
+        """With ``compile_mode`` set, compile the net for this fit (torch.compile, in place: the
+        state_dict keys stay the net's own, so checkpoints load into an eager net). Lightning runs
+        this after the callbacks' ``on_fit_start``, whose graph trace and model summary need the
+        eager net; an EMA copy, taken at setup, stays eager too."""
+        if self.compile_mode is not None:
+            self.net.compile(mode=self.compile_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the net, shape (N, num_classes)."""
@@ -271,6 +308,7 @@ class FERSystem(pl.LightningModule):
         scheduler_kwargs = {}
         if _needs_total_steps(self.scheduler_factory):
             scheduler_kwargs["total_steps"] = self._scheduler_steps(interval)
+            _check_one_cycle_warm_up(self.scheduler_factory, scheduler_kwargs["total_steps"])
         scheduler = self.scheduler_factory(optimizer=optimizer, **scheduler_kwargs)
         return {
             "optimizer": optimizer,

@@ -6,6 +6,7 @@ rotting as the code under them changes, and check the quantities they count.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,31 @@ def test_bench_ema_times_both_averages_of_every_net() -> None:
     lowest = (number(per_tensor) - half) / (number(fused) + half)
     highest = (number(per_tensor) + half) / max(number(fused) - half, 1e-9)
     assert lowest - half <= number(speed_up) <= highest + half
+
+
+def test_profile_steps_records_whole_training_steps(tiny_csv: Path, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.json"
+    out = run_benchmark(
+        "profile_steps.py",
+        *("--csv", str(tiny_csv), "--experiment", "baseline_fer2013"),
+        *("--skip", "2", "--steps", "4", "--rows", "40", "--trace", str(trace)),
+        *(*TINY_DATA, "data.batch_size=32"),
+    )
+    assert "steps 3-6 of the first epoch; cpu" in out
+    values = {row[0]: number(row[1]) for row in table_rows(out)}
+    assert values["wall ms"] > 0 and values["aten op calls (nested ones too)"] > 0
+    # the recorded window holds whole steps: forward, backward and the optimizer's update
+    for op in ("aten::convolution", "aten::convolution_backward", "Optimizer.step#AdamW.step"):
+        assert op in out
+    events = {event.get("name") for event in json.loads(trace.read_text())["traceEvents"]}
+    assert "aten::convolution_backward" in events
+
+
+def test_profile_steps_needs_enough_steps(tiny_csv: Path) -> None:
+    result = run_script(
+        "benchmarks/profile_steps.py",
+        *("--csv", str(tiny_csv), "--experiment", "baseline_fer2013", "--skip", "50"),
+        *(*TINY_DATA, "data.batch_size=32"),
+    )
+    assert result.returncode == 1
+    assert "the run had fewer than 70 training steps" in result.stderr

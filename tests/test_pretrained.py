@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 
@@ -91,6 +92,25 @@ def test_shipping_needs_a_known_tta_mode(trained_checkpoint, weights_dir, monkey
     assert exit_info.value.code == 2
     assert "the following arguments are required: --tta" in capsys.readouterr().err
     assert not (weights_dir / "tiny.pt").exists()
+
+
+def test_out_writes_the_weights_outside_the_package(
+    trained_checkpoint, weights_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "elsewhere"
+    argv = [str(trained_checkpoint), "tiny", "--tta", "flip", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["fer_lightning.pretrained", *argv])
+    main()
+    written = out / "tiny.pt"
+    digest = hashlib.sha256(written.read_bytes()).hexdigest()
+    assert f"{written} {written.stat().st_size:,} bytes sha256 {digest}" in capsys.readouterr().out
+    assert list(weights_dir.iterdir()) == []
+    shipped = torch.load(written, weights_only=True)
+    assert shipped["tta"] == "flip"
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    assert shipped["state_dict"].keys() == checkpoint["state_dict"].keys()
+    for key, value in shipped["state_dict"].items():
+        assert torch.equal(value, checkpoint["state_dict"][key])
 
 
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):

@@ -265,6 +265,19 @@ def test_one_cycle_per_epoch_without_an_epoch_limit_is_one_line(tmp_path: Path) 
         trainer.fit(system, datamodule=TinyDataModule())
 
 
+@pytest.mark.parametrize(
+    ("pct_start", "warm_up"), [(0.25, "exactly 1 step"), (1.0, "the whole run")]
+)
+def test_one_cycle_that_torch_cannot_run_is_one_line(tmp_path: Path, pct_start, warm_up) -> None:
+    one_cycle = partial(
+        torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None, pct_start=pct_start
+    )
+    system = _system(scheduler=one_cycle, scheduler_interval="step")
+    trainer = _trainer(tmp_path)  # 2 epochs of 2 steps
+    with pytest.raises(FERUserError, match=rf"of 4 steps with pct_start=.* for {warm_up}, wh"):
+        trainer.fit(system, datamodule=TinyDataModule())
+
+
 def test_epoch_scheduler_keeps_its_own_arguments(tmp_path: Path) -> None:
     plateau = partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", patience=0)
     system = _system(scheduler=plateau, scheduler_monitor="val/loss")
@@ -300,6 +313,7 @@ def test_evaluation_and_prediction_work_without_optimizer(tmp_path: Path) -> Non
         ({"class_weights": [1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0]}, "class_weights"),
         ({"label_smoothing": 1.5}, "label_smoothing"),
         ({"class_names": ["a", "b"]}, "num_classes"),
+        ({"compile_mode": "fast"}, "compile_mode"),
     ],
 )
 def test_bad_configuration_is_a_user_error(kwargs: dict, field: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,32 @@ def test_vgg_recipe_trains_in_bf16_and_its_checkpoint_evaluates(tmp_path, tiny_c
     assert report["accuracy"] == pytest.approx(
         json.loads((run_dir / "metrics.json").read_text())["accuracy"]
     )
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs g++")
+def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(tmp_path, tiny_csv):
+    """model.compile_mode: the same seeded run, compiled, ends where the eager one does (with
+    the EMA callback, whose copy of the net stays eager); the checkpoint keeps the eager keys,
+    leaves compile_mode out of its hyper-parameters and evaluates without compiling."""
+    metrics, stored, compiled_graphs = {}, {}, {}
+    for mode in ("null", "default"):
+        run_dir = tmp_path / mode
+        overrides = [f"model.compile_mode={mode}", "callbacks=[default,ema]", *LIMITED_RUN]
+        cfg = compose_config("train", run_dir, [*tiny_data_overrides(tiny_csv), *overrides])
+        torch._dynamo.reset()
+        metrics[mode] = train(cfg)
+        compiled_graphs[mode] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        stored[mode] = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert compiled_graphs == {"null": 0, "default": compiled_graphs["default"]}
+    assert compiled_graphs["default"] > 0
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert metrics["default"][key] == pytest.approx(metrics["null"][key], rel=1e-4)
+    assert list(stored["default"]["state_dict"]) == list(stored["null"]["state_dict"])
+    assert "compile_mode" not in stored["default"]["hyper_parameters"]
+    best = tmp_path / "default" / "checkpoints" / "best.ckpt"
+    assert system_from_checkpoint(stored["default"], best).compile_mode is None
+    report = evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={best}"]))
+    assert report["accuracy"] == pytest.approx(metrics["default"]["test/acc"])
 
 
 def test_training_with_mixup_and_cutmix(train_cfg):

@@ -2,8 +2,9 @@
 
     python -m fer_lightning.pretrained <run>/checkpoints/best.ckpt <name> --tta <mode> [--fp16]
 
-Writes fer_lightning/pretrained/<name>.pt (atomically) and prints its size and sha256. ``--tta`` is
-the test-time augmentation chosen on PublicTest (``evaluate.py split=val tta=...``); evaluate and
+Writes fer_lightning/pretrained/<name>.pt (atomically; ``--out DIR`` writes DIR/<name>.pt instead,
+e.g. weights to bring back from another machine) and prints its size and sha256. ``--tta`` is the
+test-time augmentation chosen on PublicTest (``evaluate.py split=val tta=...``); evaluate and
 predict use it unless told otherwise.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,10 +52,10 @@ def _to_half(key: str, value: torch.Tensor) -> torch.Tensor:
     return half
 
 
-def ship(ckpt: str, name: str, tta: str, half: bool) -> None:
-    """Write the slimmed checkpoint into the package and print its size and digest."""
+def ship(ckpt: str, name: str, tta: str, half: bool, out: Path | None = None) -> None:
+    """Write the slimmed checkpoint into the package (or `out`) and print its size and digest."""
     shipped = slim(read_checkpoint(ckpt), tta, half)
-    target = WEIGHTS_DIR / f"{name}.pt"
+    target = (WEIGHTS_DIR if out is None else out) / f"{name}.pt"
     write_atomically(target, lambda file: torch.save(shipped, file))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     print(f"{target} {target.stat().st_size:,} bytes sha256 {digest}")
@@ -70,8 +72,11 @@ def main() -> None:
         help="the test-time augmentation chosen on PublicTest (evaluate.py split=val tta=...)",
     )
     parser.add_argument("--fp16", action="store_true", help="store float weights in fp16")
+    parser.add_argument(
+        "--out", type=Path, help="write <out>/<name>.pt instead, outside the package"
+    )
     args = parser.parse_args()
-    exit_on_user_error(ship, args.ckpt, args.name, args.tta, args.fp16)
+    exit_on_user_error(ship, args.ckpt, args.name, args.tta, args.fp16, args.out)
 
 
 if __name__ == "__main__":

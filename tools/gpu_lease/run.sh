@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU lease, one command: the deep net's epoch benchmark, then one training fitted to the time
-# left, on Training with selection on PublicTest (the payload holds no PrivateTest).
+# One GPU lease, one command: a profile of the deep net's training steps and its epoch benchmark,
+# then one training fitted to the time left, on Training with selection on PublicTest (the payload
+# holds no PrivateTest).
 #
 # Here, before the call (the working tree that travels is capped at 64 MiB):
 #   python tools/gpu_lease/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \
@@ -10,15 +11,19 @@
 #   python -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 #   mkdir -p /tmp/shipped && mv fer_lightning/pretrained/*.pt /tmp/shipped/   # back after the call
 # The call: command `bash tools/gpu_lease/run.sh`, carry [".gpu", ".whl"], timeout 600 s.
-# Env: DEADLINE (s after start when training stops, default 540), TRAIN (the run's overrides),
-# NAME (its name), SMOKE=1 (a few CPU batches, to try this script here).
-# Back in $OUT: steps.log, bench_deep.md, logs.tgz (metrics.csv, configs, logs) and the best
+# Env: DEADLINE (s after start when training stops, default 540), BENCHES (the deep-net epoch
+# benchmark's variants), TRAIN (the run's overrides), NAME (its name), SMOKE=1 (a few CPU batches,
+# to try this script here).
+# Back in $OUT: steps.log, profile_deep.md and trace_deep.json.gz (20 profiled steps of the deep
+# net), bench_deep.md, logs.tgz (metrics.csv, configs, logs) and the best
 # checkpoint's weights as $NAME.pt.partNN (fp32, 15 MB parts: cat them back together).
 set -u
 start=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 NAME=${NAME:-vgg_wide}
 TRAIN=${TRAIN:-experiment=vgg_fer2013 model.net.widths=[64,128,256,512]}
+# '|'-separated override sets for the deep-net epoch benchmark, one run each ('' = as configured)
+BENCHES=${BENCHES-"|model.compile_mode=default|model.compile_mode=reduce-overhead|data.batch_size=256"}
 OUT=${OUT:-/tmp/gpu_lease_out}
 WORK=/tmp/gpu_lease_work
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
@@ -42,14 +47,27 @@ case "$TRAIN" in *ferplus*) VOTES=(data.ferplus_csv=/tmp/fer/fer2013new.csv) ;; 
 if [ "${SMOKE:-0}" = 1 ]; then
   COMMON+=(trainer=default trainer.limit_train_batches=3 trainer.limit_val_batches=2)
   EPOCHS=(2 2)
+  PROFILE=(--skip 1 --steps 2)
 else
   COMMON+=(trainer=gpu)
   EPOCHS=(4 3)
+  PROFILE=()
 fi
 
-log "deep-net epoch benchmark"
-python3 benchmarks/bench_epoch.py --csv "$CSV" --epochs "${EPOCHS[0]}" -- "${COMMON[@]}" \
-  > "$OUT/bench_deep.md" 2> "$WORK/bench_deep.err"
+log "deep-net step profile"
+python3 benchmarks/profile_steps.py --csv "$CSV" "${PROFILE[@]}" --trace "$WORK/trace_deep.json" -- "${COMMON[@]}" \
+  > "$OUT/profile_deep.md" 2> "$WORK/profile_deep.err"
+gzip -c "$WORK/trace_deep.json" > "$OUT/trace_deep.json.gz"
+head -12 "$OUT/profile_deep.md"
+
+IFS='|' read -r -a VARIANTS <<< "$BENCHES"
+for index in "${!VARIANTS[@]}"; do
+  read -r -a variant <<< "${VARIANTS[$index]}"
+  log "deep-net epoch benchmark: ${variant[*]:-as configured}"
+  python3 benchmarks/bench_epoch.py --csv "$CSV" --epochs "${EPOCHS[0]}" -- "${COMMON[@]}" \
+    "${variant[@]}" >> "$OUT/bench_deep.md" 2> "$WORK/bench_deep_$index.err"
+  echo >> "$OUT/bench_deep.md"
+done
 cat "$OUT/bench_deep.md"
 
 log "calibration: $TRAIN"
@@ -72,14 +90,9 @@ log "python train.py ${args[*]}"
 timeout $((DEADLINE - $(elapsed))) python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
 log "train.py exit status $?"
 
-python3 - "$WORK/$NAME/checkpoints/best.ckpt" "$WORK/$NAME.pt" <<'PY' || exit 1
-import sys
-import torch
-from fer_lightning.checkpoint import read_checkpoint
-from fer_lightning.pretrained.__main__ import slim
-torch.save(slim(read_checkpoint(sys.argv[1]), "none", half=False), sys.argv[2])
-PY
-sha256sum "$WORK/$NAME.pt" | tee -a "$OUT/steps.log"
+python3 -m fer_lightning.pretrained "$WORK/$NAME/checkpoints/best.ckpt" "$NAME" --tta none \
+  --out "$WORK" | tee -a "$OUT/steps.log"
+[ -f "$WORK/$NAME.pt" ] || exit 1
 split -b 15000000 -d "$WORK/$NAME.pt" "$OUT/$NAME.pt.part"
 (cd "$WORK" && tar czf "$OUT/logs.tgz" --exclude='*.ckpt' --exclude='*.pt' --exclude=cache .)
 log "done"

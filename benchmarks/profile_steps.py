@@ -1,0 +1,169 @@
+"""Profile: where the time of train.py's training steps goes, host against device, op by op.
+
+    python benchmarks/profile_steps.py --csv ../shared/fer2013/fer2013.csv.gz -- trainer=gpu
+
+Runs `fer_lightning.training.train` on the composed experiment (`--experiment`, by default
+deep_fer2013) and records steps `--skip` + 1 to `--skip` + `--steps` of its first epoch with
+torch.profiler (the CPU, and CUDA when the run is on a GPU): the whole step as a user's run makes
+it (batch transfer and augmentation, forward, backward, optimizer, EMA, metrics, logging). The
+first steps are skipped: they carry one-off costs (cuDNN heuristics, allocator warm-up, lazy
+initialisation). Prints, per step: wall time, the device's busy time (on a GPU; far below the wall
+time means the host is the bottleneck), kernel launches, the `.item()` reads and synchronizes
+(each a host wait on a GPU) and the aten op calls; then the ops that cost most. `--trace FILE`
+also writes a Chrome trace (chrome://tracing, Perfetto). Hydra overrides for the run follow `--`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from fer_lightning.config import compose_config
+from fer_lightning.training import train
+
+# host-side events: a kernel launch each, and the calls that make the host wait for the device
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+HOST_WAITS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+class StepProfiler(pl.Callback):
+    """Profiles training steps ``skip`` to ``skip + steps - 1`` (0-based) of the first epoch.
+
+    The latest instance is kept on the class because `train()` builds its callbacks from the
+    config.
+    """
+
+    latest: StepProfiler | None = None
+
+    def __init__(self, skip: int, steps: int) -> None:
+        self.skip = skip
+        self.steps = steps
+        self.profiler: profile | None = None
+        self.wall_seconds = 0.0
+        self.device = "cpu"
+        self._start = 0.0
+        StepProfiler.latest = self
+
+    @staticmethod
+    def _synchronize(pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
+    ) -> None:
+        if trainer.current_epoch != 0 or batch_idx != self.skip:
+            return
+        on_gpu = pl_module.device.type == "cuda"
+        self.device = (
+            torch.cuda.get_device_name(pl_module.device)
+            if on_gpu
+            else f"cpu, {torch.get_num_threads()} threads"
+        )
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
+        self.profiler = profile(activities=activities)
+        self._synchronize(pl_module)
+        self.profiler.start()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        last = self.skip + self.steps - 1
+        if self.profiler is None or trainer.current_epoch != 0 or batch_idx != last:
+            return
+        self._synchronize(pl_module)
+        self.wall_seconds = time.perf_counter() - self._start
+        self.profiler.stop()
+
+
+def count(events: Sequence, names: Sequence[str]) -> int:
+    """How many times the events named in ``names`` ran."""
+    return sum(event.count for event in events if event.key in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
+    parser.add_argument(
+        "--experiment", default="deep_fer2013", help="a conf/experiment/<name>.yaml recipe"
+    )
+    parser.add_argument("--skip", type=int, default=20, help="steps left out before recording")
+    parser.add_argument("--steps", type=int, default=20, help="steps recorded")
+    parser.add_argument("--rows", type=int, default=25, help="ops listed")
+    parser.add_argument("--trace", help="also write a Chrome trace of the recorded steps here")
+    args, extra = parser.parse_known_args()
+    extra = [item for item in extra if item != "--"]
+    if args.skip < 0 or args.steps < 1:
+        parser.error("--skip must be >= 0 and --steps >= 1")
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config(
+            "train",
+            run_dir,
+            [
+                f"experiment={args.experiment}",
+                f"data.csv_path={args.csv}",
+                "trainer.max_epochs=1",
+                f"trainer.limit_train_batches={args.skip + args.steps}",
+                "trainer.limit_val_batches=1",
+                "test=false",
+                "~callbacks.rich_progress_bar",
+                "+trainer.enable_progress_bar=false",
+                "+trainer.enable_model_summary=false",
+                f"+callbacks.step_profiler._target_={__name__}.StepProfiler",
+                f"+callbacks.step_profiler.skip={args.skip}",
+                f"+callbacks.step_profiler.steps={args.steps}",
+                *extra,
+            ],
+        )
+        train(cfg)
+    recorder = StepProfiler.latest
+    if recorder is None or recorder.wall_seconds == 0.0:
+        sys.exit(f"the run had fewer than {args.skip + args.steps} training steps")
+    events = recorder.profiler.key_averages()
+    if args.trace:
+        recorder.profiler.export_chrome_trace(args.trace)
+
+    on_gpu = recorder.device[:4] != "cpu,"
+    steps = args.steps
+    rows = {"wall ms": f"{recorder.wall_seconds * 1e3 / steps:.2f}"}
+    if on_gpu:
+        busy_ms = sum(event.self_device_time_total for event in events) / 1e3
+        rows["device busy ms"] = f"{busy_ms / steps:.2f}"
+        rows["kernel launches"] = f"{count(events, LAUNCHES) / steps:.1f}"
+    rows["`.item()` reads and synchronizes (host waits on a GPU)"] = (
+        f"{count(events, HOST_WAITS) / steps:.1f}"
+    )
+    rows["aten op calls (nested ones too)"] = f"{count(events, aten_ops(events)) / steps:.1f}"
+    print(f"`python {shlex.join(sys.argv)}`  ")
+    print(
+        f"experiment {args.experiment}, batch {cfg.data.batch_size}, steps {args.skip + 1}-"
+        f"{args.skip + steps} of the first epoch; {recorder.device}; torch {torch.__version__}\n"
+    )
+    print("| per step | value |")
+    print("|---|---:|")
+    for name, value in rows.items():
+        print(f"| {name} | {value} |")
+    sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    print(f"\nops by {sort_by}, all {steps} steps:\n")
+    print("```")
+    print(events.table(sort_by=sort_by, row_limit=args.rows))
+    print("```")
+
+
+def aten_ops(events: Sequence) -> list[str]:
+    """The names of the aten ops among the profiled events."""
+    return [event.key for event in events if event.key.startswith("aten::")]
+
+
+if __name__ == "__main__":
+    main()
