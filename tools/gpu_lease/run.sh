@@ -61,6 +61,7 @@ gzip -c "$WORK/trace_deep.json" > "$OUT/trace_deep.json.gz"
 head -12 "$OUT/profile_deep.md"
 
 IFS='|' read -r -a VARIANTS <<< "$BENCHES"
+: > "$OUT/bench_deep.md"
 for index in "${!VARIANTS[@]}"; do
   read -r -a variant <<< "${VARIANTS[$index]}"
   log "deep-net epoch benchmark: ${variant[*]:-as configured}"
