@@ -184,3 +184,11 @@ def test_train_with_gpus_flag_fails_in_one_line_without_gpu(tmp_path: Path):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
     assert "no GPU is available" in error_lines[0]
+
+
+def test_cudnn_benchmark_is_set_on_every_trainer_so_it_cannot_leak(train_cfg):
+    """Multirun jobs share a process: a job's `trainer.benchmark=true` must not reach the next."""
+    build_trainer(train_cfg("trainer.benchmark=true").trainer, [], False)
+    assert torch.backends.cudnn.benchmark is True
+    build_trainer(train_cfg().trainer, [], False)
+    assert torch.backends.cudnn.benchmark is False

@@ -23,7 +23,8 @@ DEADLINE=${DEADLINE:-540}
 NAME=${NAME:-vgg_wide}
 TRAIN=${TRAIN:-experiment=vgg_fer2013 model.net.widths=[64,128,256,512]}
 # '|'-separated override sets for the deep-net epoch benchmark, one run each ('' = as configured)
-BENCHES=${BENCHES-"|model.compile_mode=default|model.compile_mode=reduce-overhead|data.batch_size=256"}
+BENCHES=${BENCHES-"|trainer.benchmark=true|trainer.benchmark=true model.compile_mode=reduce-overhead|\
+trainer.benchmark=true data.batch_size=256"}
 OUT=${OUT:-/tmp/gpu_lease_out}
 WORK=/tmp/gpu_lease_work
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
