@@ -59,14 +59,20 @@ def _detailed_metrics(num_classes: int) -> MetricCollection:
     return metrics
 
 
+def _factory_argument(factory: Callable[..., Any], name: str) -> tuple[bool, Any]:
+    """Whether ``factory`` (a function, class or partial) takes ``name``, and the value it will
+    get: the one the partial binds, else the signature's default."""
+    func = getattr(factory, "func", factory)
+    parameter = inspect.signature(func).parameters.get(name)
+    if parameter is None:
+        return False, None
+    return True, getattr(factory, "keywords", {}).get(name, parameter.default)
+
+
 def _needs_total_steps(scheduler_factory: Callable[..., LRScheduler]) -> bool:
     """True when the scheduler takes ``total_steps`` (OneCycleLR) and the config left it unset."""
-    func = getattr(scheduler_factory, "func", scheduler_factory)
-    bound_kwargs = getattr(scheduler_factory, "keywords", {})
-    return (
-        "total_steps" in inspect.signature(func).parameters
-        and bound_kwargs.get("total_steps") is None
-    )
+    takes, total_steps = _factory_argument(scheduler_factory, "total_steps")
+    return takes and total_steps is None
 
 
 def _check_one_cycle_warm_up(
@@ -74,18 +80,15 @@ def _check_one_cycle_warm_up(
 ) -> None:
     """Refuse the one-cycle schedules torch's OneCycleLR divides by zero on: a warm-up of exactly
     one step (e.g. 5 steps with ``pct_start=0.2``) or of the whole run."""
-    func = getattr(scheduler_factory, "func", scheduler_factory)
-    parameter = inspect.signature(func).parameters.get("pct_start")
-    if parameter is None:
+    takes, pct_start = _factory_argument(scheduler_factory, "pct_start")
+    if not takes or (pct_start * total_steps != 1 and pct_start != 1):
         return
-    pct_start = getattr(scheduler_factory, "keywords", {}).get("pct_start", parameter.default)
     warm_up = "the whole run" if pct_start == 1 else "exactly 1 step"
-    if pct_start * total_steps == 1 or pct_start == 1:
-        raise FERUserError(
-            f"model.scheduler: a one-cycle schedule of {total_steps} steps with pct_start="
-            f"{pct_start} warms up for {warm_up}, which OneCycleLR cannot run (it divides by "
-            "zero); change pct_start or the number of steps"
-        )
+    raise FERUserError(
+        f"model.scheduler: a one-cycle schedule of {total_steps} steps with pct_start="
+        f"{pct_start} warms up for {warm_up}, which OneCycleLR cannot run (it divides by zero); "
+        "change pct_start or the number of steps"
+    )
 
 
 class FERSystem(pl.LightningModule):
@@ -114,15 +117,13 @@ class FERSystem(pl.LightningModule):
         class_weights = None if class_weights is None else [float(w) for w in class_weights]
         label_smoothing = float(label_smoothing)
         num_classes = len(class_names)
-        self._validate_args(net, num_classes, scheduler_interval, class_weights, label_smoothing)
+        self._validate_args(
+            net, num_classes, scheduler_interval, class_weights, label_smoothing, compile_mode
+        )
         # compile_mode says how to run the net, not what it is: evaluation loads it eager
         self.save_hyperparameters(
             ignore=["net", "optimizer", "scheduler", "compile_mode"], logger=False
         )
-        if compile_mode is not None and compile_mode not in COMPILE_MODES:
-            raise FERUserError(
-                f"model.compile_mode={compile_mode!r} must be null or one of {COMPILE_MODES}"
-            )
         self.compile_mode = compile_mode
 
         # NHWC weights make oneDNN (CPU) and cuDNN (tensor cores) pick faster convolution kernels;
@@ -156,6 +157,7 @@ class FERSystem(pl.LightningModule):
         scheduler_interval: str,
         class_weights: list[float] | None,
         label_smoothing: float,
+        compile_mode: str | None,
     ) -> None:
         """Reject config mistakes up front, with one line naming the field and its value."""
         net_classes = getattr(net, "num_classes", num_classes)
@@ -176,6 +178,10 @@ class FERSystem(pl.LightningModule):
             )
         if not 0.0 <= label_smoothing < 1.0:
             raise FERUserError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise FERUserError(
+                f"model.compile_mode={compile_mode!r} must be null or one of {COMPILE_MODES}"
+            )
 
     def on_fit_start(self) -> None:
         """With ``compile_mode`` set, compile the net for this fit (torch.compile, in place: the

@@ -56,8 +56,8 @@ else
 fi
 
 log "deep-net step profile"
-python3 benchmarks/profile_steps.py --csv "$CSV" "${PROFILE[@]}" --trace "$WORK/trace_deep.json" -- "${COMMON[@]}" \
-  > "$OUT/profile_deep.md" 2> "$WORK/profile_deep.err"
+python3 benchmarks/profile_steps.py --csv "$CSV" "${PROFILE[@]}" --trace "$WORK/trace_deep.json" \
+  -- "${COMMON[@]}" > "$OUT/profile_deep.md" 2> "$WORK/profile_deep.err"
 gzip -c "$WORK/trace_deep.json" > "$OUT/trace_deep.json.gz"
 head -12 "$OUT/profile_deep.md"
 
