@@ -19,14 +19,11 @@ import itertools
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 
 import pytorch_lightning as pl
 import torch
-
-from fer_lightning.config import compose_config
-from fer_lightning.training import train
+from quiet_run import parse_with_overrides, train_with_callback
 
 
 class EpochTimer(pl.Callback):
@@ -90,28 +87,14 @@ def main() -> None:
         "--experiment", default="deep_fer2013", help="a conf/experiment/<name>.yaml recipe"
     )
     parser.add_argument("--epochs", type=int, default=3, help="epochs to time, the first included")
-    args, extra = parser.parse_known_args()
-    extra = [item for item in extra if item != "--"]
+    args, extra = parse_with_overrides(parser)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch is warm-up")
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(
-            "train",
-            run_dir,
-            [
-                f"experiment={args.experiment}",
-                f"data.csv_path={args.csv}",
-                f"trainer.max_epochs={args.epochs}",
-                "test=false",
-                "~callbacks.rich_progress_bar",
-                "+trainer.enable_progress_bar=false",
-                "+trainer.enable_model_summary=false",
-                f"+callbacks.epoch_timer._target_={__name__}.EpochTimer",
-                *extra,
-            ],
-        )
-        train(cfg)
+    run = [f"experiment={args.experiment}", f"data.csv_path={args.csv}"]
+    cfg = train_with_callback(
+        "epoch_timer", EpochTimer, {}, [*run, f"trainer.max_epochs={args.epochs}", *extra]
+    )
     timer = EpochTimer.latest
     epochs = timer.epoch_seconds
     later = epochs[1:]

@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
+from quiet_run import parse_with_overrides, train_with_callback
 from torch.profiler import ProfilerActivity, profile
-
-from fer_lightning.config import compose_config
-from fer_lightning.training import train
 
 # host-side events: a kernel launch each, and the calls that make the host wait for the device
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
@@ -100,32 +97,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps recorded")
     parser.add_argument("--rows", type=int, default=25, help="ops listed")
     parser.add_argument("--trace", help="also write a Chrome trace of the recorded steps here")
-    args, extra = parser.parse_known_args()
-    extra = [item for item in extra if item != "--"]
+    args, extra = parse_with_overrides(parser)
     if args.skip < 0 or args.steps < 1:
         parser.error("--skip must be >= 0 and --steps >= 1")
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(
-            "train",
-            run_dir,
-            [
-                f"experiment={args.experiment}",
-                f"data.csv_path={args.csv}",
-                "trainer.max_epochs=1",
-                f"trainer.limit_train_batches={args.skip + args.steps}",
-                "trainer.limit_val_batches=1",
-                "test=false",
-                "~callbacks.rich_progress_bar",
-                "+trainer.enable_progress_bar=false",
-                "+trainer.enable_model_summary=false",
-                f"+callbacks.step_profiler._target_={__name__}.StepProfiler",
-                f"+callbacks.step_profiler.skip={args.skip}",
-                f"+callbacks.step_profiler.steps={args.steps}",
-                *extra,
-            ],
-        )
-        train(cfg)
+    run = [f"experiment={args.experiment}", f"data.csv_path={args.csv}"]
+    limits = [
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={args.skip + args.steps}",
+        "trainer.limit_val_batches=1",
+    ]
+    settings = {"skip": args.skip, "steps": args.steps}
+    cfg = train_with_callback("step_profiler", StepProfiler, settings, [*run, *limits, *extra])
     recorder = StepProfiler.latest
     if recorder is None or recorder.wall_seconds == 0.0:
         sys.exit(f"the run had fewer than {args.skip + args.steps} training steps")
