@@ -12,8 +12,8 @@
 #   mkdir -p /tmp/shipped && mv fer_lightning/pretrained/*.pt /tmp/shipped/   # back after the call
 # The call: command `bash tools/gpu_lease/run.sh`, carry [".gpu", ".whl"], timeout 600 s.
 # Env: DEADLINE (s after start when training stops, default 540), BENCHES (the deep-net epoch
-# benchmark's variants), TRAIN (the run's overrides), NAME (its name), SMOKE=1 (a few CPU batches,
-# to try this script here).
+# benchmark's variants), TRAIN (the run's overrides), NAME (its name), MIN_TRAIN (s that must be
+# left to train at all, default 180), SMOKE=1 (a few CPU batches, to try this script here).
 # Back in $OUT: steps.log, profile_deep.md and trace_deep.json.gz (20 profiled steps of the deep
 # net), bench_deep.md, logs.tgz (metrics.csv, configs, logs) and the best
 # checkpoint's weights as $NAME.pt.partNN (fp32, 15 MB parts: cat them back together).
@@ -72,29 +72,36 @@ for index in "${!VARIANTS[@]}"; do
 done
 cat "$OUT/bench_deep.md"
 
-log "calibration: $TRAIN"
-read -r -a RUN <<< "$TRAIN"
-experiment=$(printf '%s\n' "${RUN[@]}" | sed -n 's/^experiment=//p')
-python3 benchmarks/bench_epoch.py --csv "$CSV" --experiment "$experiment" --epochs "${EPOCHS[1]}" \
-  -- "${COMMON[@]}" "${VOTES[@]}" $(printf '%s\n' "${RUN[@]}" | grep -v '^experiment=') \
-  > "$WORK/calibration.md" 2> "$WORK/calibration.err"
-cat "$WORK/calibration.md" | tee -a "$OUT/steps.log"
-epoch_s=$(grep -o 'median of epochs[^|]*| \*\*[0-9.]*' "$WORK/calibration.md" | grep -o '[0-9.]*$')
-left=$((DEADLINE - $(elapsed) - 30))
-epochs=$(python3 -c "import sys; print(max(1, min(100, int($left / (float(sys.argv[1]) * 1.1)))))" \
-  "${epoch_s:-1e9}")
-[ "${SMOKE:-0}" = 1 ] && epochs=2
-log "epoch ${epoch_s}s, ${left}s left: $epochs epochs"
+# the training: its epoch time measured on a short run, then as many epochs as the time left allows
+train_fitted() {
+  log "calibration: $TRAIN"
+  read -r -a RUN <<< "$TRAIN"
+  experiment=$(printf '%s\n' "${RUN[@]}" | sed -n 's/^experiment=//p')
+  python3 benchmarks/bench_epoch.py --csv "$CSV" --experiment "$experiment" --epochs "${EPOCHS[1]}" \
+    -- "${COMMON[@]}" "${VOTES[@]}" $(printf '%s\n' "${RUN[@]}" | grep -v '^experiment=') \
+    > "$WORK/calibration.md" 2> "$WORK/calibration.err"
+  cat "$WORK/calibration.md" | tee -a "$OUT/steps.log"
+  epoch_s=$(grep -o 'median of epochs[^|]*| \*\*[0-9.]*' "$WORK/calibration.md" | grep -o '[0-9.]*$')
+  left=$((DEADLINE - $(elapsed) - 30))
+  epochs=$(python3 -c "import sys; print(max(1, min(100, int($left / (float(sys.argv[1]) * 1.1)))))" \
+    "${epoch_s:-1e9}")
+  [ "${SMOKE:-0}" = 1 ] && epochs=2
+  log "epoch ${epoch_s}s, ${left}s left: $epochs epochs"
 
-args=("${RUN[@]}" trainer.max_epochs="$epochs" "${COMMON[@]}" "${VOTES[@]}" data.csv_path="$CSV" test=false
-  ~callbacks.step_checkpoint ~callbacks.last_checkpoint hydra.run.dir="$WORK/$NAME")
-log "python train.py ${args[*]}"
-timeout $((DEADLINE - $(elapsed))) python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
-log "train.py exit status $?"
+  args=("${RUN[@]}" trainer.max_epochs="$epochs" "${COMMON[@]}" "${VOTES[@]}" data.csv_path="$CSV" test=false
+    ~callbacks.step_checkpoint ~callbacks.last_checkpoint hydra.run.dir="$WORK/$NAME")
+  log "python train.py ${args[*]}"
+  timeout $((DEADLINE - $(elapsed))) python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
+  log "train.py exit status $?"
 
-python3 -m fer_lightning.pretrained "$WORK/$NAME/checkpoints/best.ckpt" "$NAME" --tta none \
-  --out "$WORK" | tee -a "$OUT/steps.log"
-[ -f "$WORK/$NAME.pt" ] || exit 1
-split -b 15000000 -d "$WORK/$NAME.pt" "$OUT/$NAME.pt.part"
+  python3 -m fer_lightning.pretrained "$WORK/$NAME/checkpoints/best.ckpt" "$NAME" --tta none \
+    --out "$WORK" | tee -a "$OUT/steps.log"
+  [ -f "$WORK/$NAME.pt" ] && split -b 15000000 -d "$WORK/$NAME.pt" "$OUT/$NAME.pt.part"
+}
+if [ $((DEADLINE - $(elapsed))) -ge "${MIN_TRAIN:-180}" ]; then
+  train_fitted
+else
+  log "under ${MIN_TRAIN:-180}s left: no training"
+fi
 (cd "$WORK" && tar czf "$OUT/logs.tgz" --exclude='*.ckpt' --exclude='*.pt' --exclude=cache .)
 log "done"
