@@ -14,16 +14,20 @@ overrides for the run follow `--` (`trainer=gpu`, `data.batch_size=128`).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import shlex
 import statistics
 import sys
-import time
 
 import pytorch_lightning as pl
 import torch
-from quiet_run import parse_with_overrides, train_with_callback
+from quiet_run import (
+    device_clock,
+    device_name,
+    parse_with_overrides,
+    run_parser,
+    train_with_callback,
+)
 
 
 class EpochTimer(pl.Callback):
@@ -43,20 +47,11 @@ class EpochTimer(pl.Callback):
         self._validation_start = 0.0
         EpochTimer.latest = self
 
-    @staticmethod
-    def _now(pl_module: pl.LightningModule) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-        return time.perf_counter()
-
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            self.device = torch.cuda.get_device_name(pl_module.device)
-        else:
-            self.device = f"{pl_module.device.type}, {torch.get_num_threads()} threads"
+        self.device = device_name(pl_module)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.boundaries.append(self._now(pl_module))
+        self.boundaries.append(device_clock(pl_module))
         self.training_images.append(0)
 
     def on_train_batch_end(
@@ -65,14 +60,14 @@ class EpochTimer(pl.Callback):
         self.training_images[-1] += len(batch[-1])
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._validation_start = self._now(pl_module)
+        self._validation_start = device_clock(pl_module)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.validation_seconds.append(self._now(pl_module) - self._validation_start)
+            self.validation_seconds.append(device_clock(pl_module) - self._validation_start)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.boundaries.append(self._now(pl_module))
+        self.boundaries.append(device_clock(pl_module))
 
     @property
     def epoch_seconds(self) -> list[float]:
@@ -81,11 +76,7 @@ class EpochTimer(pl.Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
-    parser.add_argument(
-        "--experiment", default="deep_fer2013", help="a conf/experiment/<name>.yaml recipe"
-    )
+    parser = run_parser(__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs to time, the first included")
     args, extra = parse_with_overrides(parser)
     if args.epochs < 2:

@@ -15,7 +15,6 @@ also writes a Chrome trace (chrome://tracing, Perfetto). Hydra overrides for the
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -23,7 +22,13 @@ from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
-from quiet_run import parse_with_overrides, train_with_callback
+from quiet_run import (
+    device_clock,
+    device_name,
+    parse_with_overrides,
+    run_parser,
+    train_with_callback,
+)
 from torch.profiler import ProfilerActivity, profile
 
 # host-side events: a kernel launch each, and the calls that make the host wait for the device
@@ -46,28 +51,20 @@ class StepProfiler(pl.Callback):
         self.profiler: profile | None = None
         self.wall_seconds = 0.0
         self.device = "cpu"
+        self.on_gpu = False
         self._start = 0.0
         StepProfiler.latest = self
-
-    @staticmethod
-    def _synchronize(pl_module: pl.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
     ) -> None:
         if trainer.current_epoch != 0 or batch_idx != self.skip:
             return
-        on_gpu = pl_module.device.type == "cuda"
-        self.device = (
-            torch.cuda.get_device_name(pl_module.device)
-            if on_gpu
-            else f"cpu, {torch.get_num_threads()} threads"
-        )
-        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
+        self.on_gpu = pl_module.device.type == "cuda"
+        self.device = device_name(pl_module)
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.on_gpu else [])]
         self.profiler = profile(activities=activities)
-        self._synchronize(pl_module)
+        device_clock(pl_module)
         self.profiler.start()
         self._start = time.perf_counter()
 
@@ -77,8 +74,7 @@ class StepProfiler(pl.Callback):
         last = self.skip + self.steps - 1
         if self.profiler is None or trainer.current_epoch != 0 or batch_idx != last:
             return
-        self._synchronize(pl_module)
-        self.wall_seconds = time.perf_counter() - self._start
+        self.wall_seconds = device_clock(pl_module) - self._start
         self.profiler.stop()
 
 
@@ -88,11 +84,7 @@ def count(events: Sequence, names: Sequence[str]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
-    parser.add_argument(
-        "--experiment", default="deep_fer2013", help="a conf/experiment/<name>.yaml recipe"
-    )
+    parser = run_parser(__doc__.split("\n")[0])
     parser.add_argument("--skip", type=int, default=20, help="steps left out before recording")
     parser.add_argument("--steps", type=int, default=20, help="steps recorded")
     parser.add_argument("--rows", type=int, default=25, help="ops listed")
@@ -116,7 +108,7 @@ def main() -> None:
     if args.trace:
         recorder.profiler.export_chrome_trace(args.trace)
 
-    on_gpu = recorder.device[:4] != "cpu,"
+    on_gpu = recorder.on_gpu
     steps = args.steps
     rows = {"wall ms": f"{recorder.wall_seconds * 1e3 / steps:.2f}"}
     if on_gpu:
