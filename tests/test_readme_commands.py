@@ -1,0 +1,189 @@
+"""Every command README gives for train.py, evaluate.py and the export/predict/explore modules
+composes with its overrides (a user who copies one never meets "not in struct" or an unknown
+option), and every train.py command builds its data and system, on tiny data.
+
+README's notation is read as a reader would: ``[a=b]`` is optional (tested with it), ``a=x|y``
+means either value, ``<run dir>``-style placeholders stand for paths, ``-m`` sweeps run every
+point, and commands shown after a ``$`` prompt demonstrate an error, so they are only composed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import Container, DictConfig, OmegaConf
+
+from fer_lightning.config import ROOT, compose_config
+from fer_lightning.training import build_data_and_system
+from tests.conftest import write_ferplus_votes
+
+README = ROOT / "README.md"
+ENTRY_CONFIGS = {
+    "train.py": "train",
+    "evaluate.py": "evaluate",
+    "-m fer_lightning.export": "export",
+    "-m fer_lightning.predict": "predict",
+    "-m fer_lightning.explore": "explore",
+}
+COMMAND = re.compile(
+    r"(\$ )?python (" + "|".join(re.escape(entry) for entry in ENTRY_CONFIGS) + r")(?![\w.])(.*)"
+)
+CODE_BLOCK = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+INLINE_CODE = re.compile(r"`([^`]+)`")
+PLACEHOLDER = re.compile(r"<[^<>]*>")
+
+
+@dataclass(frozen=True)
+class ReadmeCommand:
+    """One command line of README: its entry config, Hydra overrides, and whether it is an
+    error demonstration (shown after a ``$`` prompt)."""
+
+    line: int
+    config_name: str
+    overrides: tuple[str, ...]
+    shows_an_error: bool
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line}: {self.config_name} {' '.join(self.overrides)}"
+
+
+def _snippets(text: str) -> list[tuple[int, str]]:
+    """(line number, code) of every code-block line (``\\``-continued lines joined) and every
+    inline code span (which may wrap across lines)."""
+    snippets = []
+    for block in CODE_BLOCK.finditer(text):
+        first_line = text.count("\n", 0, block.start(1)) + 1
+        for offset, line in enumerate(block.group(1).replace("\\\n", " ").split("\n")):
+            snippets.append((first_line + offset, line))
+    prose = CODE_BLOCK.sub(lambda block: "\n" * block.group(0).count("\n"), text)
+    for span in INLINE_CODE.finditer(prose):
+        snippets.append((prose.count("\n", 0, span.start()) + 1, span.group(1).replace("\n", " ")))
+    return snippets
+
+
+def _overrides(arguments: str) -> list[list[str]]:
+    """README's arguments -> the override lists they stand for (alternatives, sweeps expanded)."""
+    arguments = PLACEHOLDER.sub("placeholder", arguments.split(" #")[0])
+    # [a=b] is optional; positionals (predict's source) and -m are not overrides
+    tokens = [
+        token[1:-1] if token.startswith("[") and token.endswith("]") else token
+        for token in shlex.split(arguments)
+    ]
+    pairs = [token.split("=", 1) for token in tokens if "=" in token]
+    parser = OverridesParser.create()
+    commands = []
+    # a=x|y: either value
+    for values in itertools.product(*(value.split("|") for _, value in pairs)):
+        written = [f"{key}={value}" for (key, _), value in zip(pairs, values, strict=True)]
+        points = [
+            [
+                f"{override.get_key_element()}={value}"
+                for value in (
+                    override.sweep_string_iterator()
+                    if override.is_sweep_override()
+                    else [override.get_value_element_as_str()]
+                )
+            ]
+            for override in parser.parse_overrides(written)
+        ]
+        commands.extend(list(point) for point in itertools.product(*points))
+    return commands
+
+
+def readme_commands() -> list[ReadmeCommand]:
+    commands = []
+    for line, snippet in _snippets(README.read_text(encoding="utf-8")):
+        for match in COMMAND.finditer(snippet):
+            for overrides in _overrides(match.group(3)):
+                commands.append(
+                    ReadmeCommand(
+                        line,
+                        ENTRY_CONFIGS[match.group(2)],
+                        tuple(overrides),
+                        shows_an_error=match.group(1) is not None,
+                    )
+                )
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_readme_commands_are_all_found():
+    # every `python train.py` etc. in README is read, with each sweep point and alternative
+    mentions = sum(
+        len(COMMAND.findall(snippet)) for _, snippet in _snippets(README.read_text("utf-8"))
+    )
+    assert mentions >= 50
+    assert len({(command.line, command.config_name) for command in COMMANDS}) == mentions
+    assert {c.config_name for c in COMMANDS} == set(ENTRY_CONFIGS.values())
+
+
+def test_readme_reading_expands_notation():
+    assert _overrides("a=1 [b=2] c=x|y <same overrides> photo.jpg -m d=3,4 # e=5") == [
+        ["a=1", "b=2", "c=x", "d=3"],
+        ["a=1", "b=2", "c=x", "d=4"],
+        ["a=1", "b=2", "c=y", "d=3"],
+        ["a=1", "b=2", "c=y", "d=4"],
+    ]
+    assert _overrides("ckpt_path=<run dir>/checkpoints/best.ckpt [ids=[0,1]] widths=[8,16]") == [
+        ["ckpt_path=placeholder/checkpoints/best.ckpt", "ids=[0,1]", "widths=[8,16]"]
+    ]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=str)
+def test_readme_command_composes(command: ReadmeCommand, tmp_path: Path):
+    # Hydra composes in struct mode: an unknown key or option raises; each value must also land
+    cfg = compose_config(command.config_name, tmp_path, command.overrides)
+    for override in OverridesParser.create().parse_overrides(list(command.overrides)):
+        key = override.get_key_element()
+        if key in cfg.hydra.runtime.choices:  # a config group's option
+            assert cfg.hydra.runtime.choices[key] == override.value(), command
+        else:
+            held = OmegaConf.select(cfg, key)
+            if isinstance(held, Container):
+                held = OmegaConf.to_container(held)
+            assert held == override.value(), f"{command}: {key} holds {held!r}"
+
+
+TRAIN_COMMANDS = [c for c in COMMANDS if c.config_name == "train" and not c.shows_an_error]
+
+
+@pytest.fixture(scope="module")
+def tiny_votes(tiny_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ferplus_votes(tiny_csv, tmp_path_factory.mktemp("votes") / "fer2013new.csv")
+
+
+def _tiny_data_overrides(
+    data: DictConfig, tiny_csv: Path, tiny_votes: Path, data_dir: Path
+) -> list[str]:
+    """The same data config pointed at tiny files (synthetic data: a small set in `data_dir`)."""
+    if "num_train" in data:
+        return [
+            f"data.data_dir={data_dir}",
+            "data.num_train=70",
+            "data.num_val=14",
+            "data.num_test=14",
+        ]
+    overrides = [f"data.csv_path={tiny_csv}", "data.cache_dir=null"]
+    if "ferplus_csv" in data:
+        overrides.append(f"data.ferplus_csv={tiny_votes}")
+    return overrides
+
+
+@pytest.mark.parametrize("command", TRAIN_COMMANDS, ids=str)
+def test_readme_train_command_builds_its_data_and_system(
+    command: ReadmeCommand, tmp_path: Path, tiny_csv: Path, tiny_votes: Path
+):
+    data = compose_config("train", tmp_path, command.overrides).data
+    tiny = _tiny_data_overrides(data, tiny_csv, tiny_votes, tmp_path / "data")
+    cfg = compose_config("train", tmp_path, [*command.overrides, *tiny])
+    datamodule, system = build_data_and_system(cfg)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert system(images).shape == (len(labels), datamodule.num_classes)
