@@ -4,8 +4,6 @@ nothing else."""
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,12 +47,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint (a path, or `pretrained:<name>` for shipped weights) with torch's safe
     `weights_only` loader; bad files fail in one line."""
     path = pretrained.resolve(path)
+    if path.is_dir():
+        raise FERUserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FERUserError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise FERUserError(f"{path}: not a readable checkpoint ({first_line(err)})") from err
+    # torch.load fails in many ways on a file that is no checkpoint (a text file reaches the legacy
+    # unpickler, which raises IndexError or KeyError): each means the same to the user
+    except Exception as err:
+        raise FERUserError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})"
+        ) from err
     if not isinstance(checkpoint, dict) or RUN_CONFIG_KEY not in checkpoint:
         raise FERUserError(f"{path}: not a fer-lightning checkpoint (it has no stored run config)")
     return checkpoint

@@ -223,13 +223,13 @@ class FacePredictor:
 
 
 def parse_source(source: object) -> int | Path:
-    """A webcam index (a whole number) or a path to an image, folder or video file."""
-    if isinstance(source, int) and not isinstance(source, bool):
-        return source
+    """A webcam index (a whole number) or a path to an image, folder or video file; a whole
+    number that names an existing file or folder (e.g. a folder ``2024``) is that path."""
     text = str(source)
-    if text.isdigit():
+    path = Path(text).expanduser()
+    if text.isdigit() and not isinstance(source, bool) and not path.exists():
         return int(text)
-    return Path(text).expanduser()
+    return path
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -365,8 +365,9 @@ class AnnotatedWriter:
             relative = source.relative_to(self.root)
         else:
             relative = Path(source.name)
-        if frame.fps is not None:
-            relative = relative.with_suffix(ANNOTATED_VIDEO_SUFFIX)
+        if frame.fps is not None and relative.suffix.lower() != ANNOTATED_VIDEO_SUFFIX:
+            # appended, not swapped: clip.mp4 and clip.mov must not both become clip.avi
+            relative = relative.with_name(relative.name + ANNOTATED_VIDEO_SUFFIX)
         return self.directory / relative
 
     def write(self, frame: Frame, image: np.ndarray) -> None:
@@ -530,12 +531,17 @@ def predict(cfg: DictConfig) -> Path:
     live = isinstance(source, int)
     if cfg.max_frames is not None and cfg.max_frames < 0:
         raise FERUserError(f"max_frames must be >= 0 or null, got {cfg.max_frames}")
+    output_dir = Path(cfg.paths.output_dir)
+    output = Path(cfg.output or output_dir / "predictions.jsonl").expanduser()
+    if output.is_dir():
+        raise FERUserError(
+            f"output={output} is a folder; give the predictions file's path "
+            f"(e.g. output={output / 'predictions.jsonl'})"
+        )
     classifier = load_classifier(cfg.ckpt_path, cfg.tta)
     log.info("Classifying with %s, tta=%s", cfg.ckpt_path, classifier.tta)
     detector = hydra.utils.instantiate(cfg.detector) if cfg.detect else None
     predictor = FacePredictor(classifier, detector, cfg.margin, cfg.batch_size)
-    output_dir = Path(cfg.paths.output_dir)
-    output = Path(cfg.output or output_dir / "predictions.jsonl").expanduser()
     folder = source if isinstance(source, Path) and source.is_dir() else None
     annotated = AnnotatedWriter(output_dir / "annotated", folder) if cfg.annotate else None
     window = LiveWindow() if cfg.show else None

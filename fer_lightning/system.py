@@ -131,6 +131,8 @@ class FERSystem(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # the total_steps this fit gives a OneCycleLR; a resumed one must have been built with it
+        self._scheduler_total_steps: int | None = None
         self.example_input_array = torch.zeros(1, net.in_channels, IMAGE_SIZE, IMAGE_SIZE)
         weights = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
         self.register_buffer("loss_weights", weights, persistent=True)
@@ -190,6 +192,23 @@ class FERSystem(pl.LightningModule):
         eager net; an EMA copy, taken at setup, stays eager too."""
         if self.compile_mode is not None:
             self.net.compile(mode=self.compile_mode)
+
+    def on_train_start(self) -> None:
+        """A resumed OneCycleLR keeps the length it was built with (its state holds total_steps):
+        resumed with settings that make the run longer, it would crash stepping past its end;
+        shorter, it would stop before it anneals. Lightning has restored it by now."""
+        planned = self._scheduler_total_steps
+        for config in self.trainer.lr_scheduler_configs:
+            stored = getattr(config.scheduler, "total_steps", None)
+            if planned is not None and stored is not None and stored != planned:
+                unit = "optimizer steps" if config.interval == "step" else "epochs"
+                raise FERUserError(
+                    f"{self.trainer.ckpt_path}: its one-cycle schedule spans {stored} {unit} but "
+                    f"this run makes {planned}; resume with the settings it was trained with "
+                    "(trainer.max_epochs, trainer.limit_train_batches, data.batch_size, "
+                    "trainer.accumulate_grad_batches), or start a new run from its weights "
+                    "with init_weights=<checkpoint>"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the net, shape (N, num_classes)."""
@@ -313,8 +332,9 @@ class FERSystem(pl.LightningModule):
         interval = self.hparams.scheduler_interval
         scheduler_kwargs = {}
         if _needs_total_steps(self.scheduler_factory):
-            scheduler_kwargs["total_steps"] = self._scheduler_steps(interval)
-            _check_one_cycle_warm_up(self.scheduler_factory, scheduler_kwargs["total_steps"])
+            self._scheduler_total_steps = self._scheduler_steps(interval)
+            scheduler_kwargs["total_steps"] = self._scheduler_total_steps
+            _check_one_cycle_warm_up(self.scheduler_factory, self._scheduler_total_steps)
         scheduler = self.scheduler_factory(optimizer=optimizer, **scheduler_kwargs)
         return {
             "optimizer": optimizer,

@@ -354,7 +354,7 @@ def test_class_weight_math() -> None:
     sqrt = class_weights(counts, "sqrt")
     assert sum(c * w for c, w in zip(counts, sqrt, strict=True)) / 100 == pytest.approx(1.0)
     assert sqrt[0] / sqrt[2] == pytest.approx(math.sqrt(6))
-    with pytest.raises(FERUserError, match="unknown class weighting 'frequency'"):
+    with pytest.raises(FERUserError, match=r"unknown data\.class_weighting 'frequency'"):
         class_weights(counts, "frequency")
     with pytest.raises(FERUserError, match="class 1 has 0 training rows"):
         class_weights([5, 0, 5], "balanced")
@@ -376,8 +376,21 @@ def test_stratified_split_of_fer2013_training_counts() -> None:
     again, _ = stratified_split_indices(labels, 0.2, seed=42)
     other, _ = stratified_split_indices(labels, 0.2, seed=43)
     assert np.array_equal(train, again) and not np.array_equal(train, other)
-    with pytest.raises(FERUserError, match="val_fraction"):
-        stratified_val_counts([10], 1.0)
+    for fraction in (0.0, 1.0, -0.1):
+        with pytest.raises(FERUserError, match=r"data\.val_fraction must be in \(0, 1\)"):
+            stratified_val_counts([10], fraction)
+
+
+@pytest.mark.parametrize(
+    ("val_fraction", "empty"), [(0.01, "validation"), (0.9, "training")], ids=["no-val", "no-train"]
+)
+def test_folder_split_that_leaves_a_split_empty_is_one_line(tmp_path, val_fraction, empty):
+    # 5 images per class: 0.01 rounds every class to 0 validation rows, 0.9 to all of them
+    write_folders(tmp_path)
+    with pytest.raises(
+        FERUserError, match=f"val_fraction={val_fraction} of its 35 images leaves no {empty} rows"
+    ):
+        load_fer2013_folders(tmp_path, val_fraction=val_fraction)
 
 
 # --------------------------------------------------------------------------------- image folders
@@ -603,7 +616,7 @@ def test_datamodule_augments_only_training_batches_after_transfer(
 
 
 def test_datamodule_rejects_bad_settings(synthetic_csv: Path) -> None:
-    with pytest.raises(FERUserError, match="unknown class_weighting 'inverse'"):
+    with pytest.raises(FERUserError, match=r"unknown data\.class_weighting 'inverse'"):
         FER2013DataModule(str(synthetic_csv), class_weighting="inverse")
     with pytest.raises(FERUserError, match="batch sizes must be >= 1"):
         FER2013DataModule(str(synthetic_csv), batch_size=0)

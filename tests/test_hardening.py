@@ -232,13 +232,19 @@ def test_unknown_model_name_is_hydras_message(tmp_path):
     [
         (b"", "not a readable checkpoint"),
         (b"PK\x03\x04 truncated zip", "not a readable checkpoint"),
+        # a text file reaches torch's legacy unpickler, which fails with IndexError / KeyError
+        (b"hello", "not a readable checkpoint"),
+        (b"emotion,pixels,Usage\n0,1 2 3,Training\n", "not a readable checkpoint"),
         (None, "does not exist"),
+        ("folder", "is a directory"),
     ],
-    ids=["empty", "corrupt", "missing"],
+    ids=["empty", "corrupt", "text", "csv", "missing", "folder"],
 )
 def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, train_cfg, capsys, content, fragment):
     checkpoint = tmp_path / "last.ckpt"
-    if content is not None:
+    if content == "folder":
+        checkpoint.mkdir()
+    elif content is not None:
         checkpoint.write_bytes(content)
     with pytest.raises(SystemExit):
         exit_on_user_error(train, train_cfg(f"ckpt_path={checkpoint}"))
@@ -260,6 +266,30 @@ def test_resume_with_another_net_shape_is_one_line(train_cfg, baseline_ckpt, cap
             train, train_cfg("model.net.in_channels=3", f"ckpt_path={baseline_ckpt}")
         )
     assert_one_error_line(capsys.readouterr().err, [str(baseline_ckpt), "do not fit"])
+
+
+def test_resume_with_another_one_cycle_length_is_one_line(train_cfg, capsys):
+    # OneCycleLR's restored state keeps its total_steps: a longer run would crash at step 4 of 3
+    short_run = (
+        "experiment=baseline_fer2013",
+        "test=false",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+    )
+    train(train_cfg(*short_run, "trainer.max_epochs=1"))
+    last = Path(train_cfg().paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as caught:
+        exit_on_user_error(
+            train, train_cfg(*short_run, "trainer.max_epochs=2", f"ckpt_path={last}")
+        )
+    assert caught.value.code == 2
+    assert_one_error_line(
+        capsys.readouterr().err,
+        [str(last), "spans 3 optimizer steps but this run makes 6", "init_weights="],
+    )
+    # resumed as trained, the schedule fits: the run completes (nothing left to train)
+    train(train_cfg(*short_run, "trainer.max_epochs=1", f"ckpt_path={last}"))
 
 
 # -------------------------------------------------------------------------- atomic file writes
@@ -291,6 +321,21 @@ def test_unwritable_cache_dir_is_one_line(tmp_path, tiny_csv, capsys):
     assert_one_error_line(
         capsys.readouterr().err, ["cannot write the parse cache", "a_file", "data.cache_dir"]
     )
+
+
+def test_unwritable_synthetic_data_dir_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    module = instantiate(
+        compose_config("train", tmp_path, ["data=synthetic", f"data.data_dir={blocker}/data"]).data
+    )
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(module.prepare_data)
+    assert exited.value.code == 2
+    assert_one_error_line(
+        capsys.readouterr().err, ["cannot write the synthetic data", "a_file", "data.data_dir"]
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
 
 
 def test_full_disk_during_a_cache_write_is_one_line_and_leaves_no_file(

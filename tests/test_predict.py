@@ -32,6 +32,7 @@ from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.inference import load_classifier
 from fer_lightning.predict import (
+    AnnotatedWriter,
     FacePredictor,
     Frame,
     HaarFaceDetector,
@@ -273,9 +274,14 @@ def test_a_bare_first_argument_becomes_the_source():
         assert source_argv(argv) == argv
 
 
-def test_sources_are_webcam_indices_or_paths(tmp_path):
+def test_sources_are_webcam_indices_or_paths(tmp_path, monkeypatch):
     assert parse_source(0) == 0 and parse_source("1") == 1
     assert parse_source("clip.mp4") == Path("clip.mp4")
+    # a whole number naming an existing folder is that folder (Hydra passes `2024` as an int)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024").mkdir()
+    assert parse_source(2024) == parse_source("2024") == Path("2024")
+    assert parse_source(2025) == 2025
     with pytest.raises(FERUserError, match="does not exist"):
         source_files(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -321,3 +327,28 @@ def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_annotated_videos_keep_their_source_suffix_so_none_overwrites_another(tmp_path):
+    writer = AnnotatedWriter(tmp_path / "annotated", tmp_path / "in")
+    image = np.zeros((4, 4, 3), np.uint8)
+
+    def target(source: str, fps: float | None = 25.0) -> str:
+        return writer.target(Frame(source, 0, image, fps)).relative_to(writer.directory).as_posix()
+
+    names = [target(str(tmp_path / "in" / name)) for name in ("a.mp4", "a.mov", "a.avi")]
+    assert names == ["a.mp4.avi", "a.mov.avi", "a.avi"]
+    assert target(str(tmp_path / "in" / "sub" / "b.MKV")) == "sub/b.MKV.avi"
+    assert target("webcam:0") == "webcam0.avi"
+    assert target(str(tmp_path / "in" / "a.png"), fps=None) == "a.png"
+
+
+def test_output_that_is_a_folder_is_one_line_before_anything_runs(tmp_path, trained_checkpoint):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    cfg = predict_cfg(
+        tmp_path / "run", tmp_path / "photo.png", trained_checkpoint, f"output={folder}"
+    )
+    with pytest.raises(FERUserError, match=r"output=.*out is a folder; give the predictions file"):
+        predict(cfg)
+    assert list(folder.iterdir()) == []

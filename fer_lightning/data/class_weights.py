@@ -10,6 +10,15 @@ from fer_lightning.errors import FERUserError
 CLASS_WEIGHTING_MODES: tuple[str, ...] = ("none", "balanced", "sqrt")
 
 
+def check_class_weighting(mode: str) -> None:
+    """One line for a class weighting mode that does not exist (``data.class_weighting``)."""
+    if mode not in CLASS_WEIGHTING_MODES:
+        raise FERUserError(
+            f"unknown data.class_weighting {mode!r}; choose one of "
+            f"{', '.join(CLASS_WEIGHTING_MODES)}"
+        )
+
+
 def class_weights(counts: Sequence[int], mode: str) -> list[float] | None:
     """Loss weight per class from the training counts ``counts``, or None for ``mode="none"``.
 
@@ -23,10 +32,7 @@ def class_weights(counts: Sequence[int], mode: str) -> list[float] | None:
     Rare classes get large weights (seed 000 weighted by frequency instead, which favours the
     majority). A class without rows has no defined weight and is an error.
     """
-    if mode not in CLASS_WEIGHTING_MODES:
-        raise FERUserError(
-            f"unknown class weighting {mode!r}; choose one of {', '.join(CLASS_WEIGHTING_MODES)}"
-        )
+    check_class_weighting(mode)
     if mode == "none":
         return None
     for label, count in enumerate(counts):

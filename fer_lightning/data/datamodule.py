@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fer_lightning.classes import EMOTIONS, NUM_CLASSES
-from fer_lightning.data.class_weights import CLASS_WEIGHTING_MODES, class_weights
+from fer_lightning.data.class_weights import check_class_weighting, class_weights
 from fer_lightning.data.fer2013_csv import SplitArrays, load_fer2013_csv
 from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus
 from fer_lightning.data.folders import load_fer2013_folders
@@ -97,11 +97,7 @@ class FER2013DataModule(pl.LightningDataModule):
             )
         if num_workers < 0:
             raise FERUserError(f"num_workers must be >= 0, got {num_workers}")
-        if class_weighting not in CLASS_WEIGHTING_MODES:
-            raise FERUserError(
-                f"unknown class_weighting {class_weighting!r}; choose one of "
-                f"{', '.join(CLASS_WEIGHTING_MODES)}"
-            )
+        check_class_weighting(class_weighting)
         check_in_channels(in_channels)
         self.batch_augment = BatchAugment(self.hparams.augment, len(self.class_names))
         self.arrays: dict[str, SplitArrays] | None = None
@@ -201,13 +197,19 @@ class SyntheticFER2013DataModule(FER2013DataModule):
         """Write the csv if it is missing (atomically, so concurrent writers are harmless)."""
         csv_path = _absolute(self.hparams.csv_path)
         if not csv_path.is_file():
-            write_synthetic_fer2013_csv(
-                csv_path,
-                num_train=self.hparams.num_train,
-                num_val=self.hparams.num_val,
-                num_test=self.hparams.num_test,
-                seed=self.hparams.seed,
-            )
+            try:
+                write_synthetic_fer2013_csv(
+                    csv_path,
+                    num_train=self.hparams.num_train,
+                    num_val=self.hparams.num_val,
+                    num_test=self.hparams.num_test,
+                    seed=self.hparams.seed,
+                )
+            except OSError as err:
+                raise FERUserError(
+                    f"cannot write the synthetic data {csv_path} ({err.strerror or err}); set "
+                    "data.data_dir to a writable folder"
+                ) from err
 
     def load_arrays(self) -> dict[str, SplitArrays]:
         self.prepare_data()

@@ -25,8 +25,11 @@ def stratified_val_counts(class_counts: list[int], val_fraction: float) -> list[
     For the FER2013 Training counts and 0.2 this gives 5,741 validation and 22,968 training rows,
     the sizes of seed 004's split of the 28,709 training images.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise FERUserError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise FERUserError(
+            f"data.val_fraction must be in (0, 1), got {val_fraction!r}: the validation split "
+            "selects the checkpoints"
+        )
     return [int(np.floor(count * val_fraction + 0.5)) for count in class_counts]
 
 
@@ -55,6 +58,12 @@ def load_fer2013_folders(
     train_images, train_labels = _read_split_folder(root / "train")
     test_images, test_labels = _read_split_folder(root / "test")
     train_rows, val_rows = stratified_split_indices(train_labels, val_fraction, seed)
+    for split, rows in (("training", train_rows), ("validation", val_rows)):
+        if len(rows) == 0:
+            raise FERUserError(
+                f"{root / 'train'}: data.val_fraction={val_fraction} of its {len(train_labels)} "
+                f"images leaves no {split} rows"
+            )
     return {
         "train": SplitArrays(train_images[train_rows], train_labels[train_rows]),
         "val": SplitArrays(train_images[val_rows], train_labels[val_rows]),
