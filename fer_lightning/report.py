@@ -47,8 +47,10 @@ def _check_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> np.nd
 def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class and macro/weighted precision, recall, F1 and support.
 
-    Rows of ``confusion`` are true classes, columns predictions. Undefined ratios are 0, and
-    macro averages include every class (also those without support), like sklearn with ``labels``.
+    Rows of ``confusion`` are true classes, columns predictions. Undefined ratios are 0. Macro
+    averages are over the classes that occur as truth or prediction (a class that is neither has
+    no score to average), as in torchmetrics' macro average, which the logged ``*/f1_macro``
+    uses, and sklearn's default ``labels``: the report and the training logs agree.
     """
     matrix = _check_confusion(confusion, class_names)
     true_positives = np.diag(matrix)
@@ -58,13 +60,14 @@ def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> 
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     total = int(support.sum())
     scores = {"precision": precision, "recall": recall, "f1": f1}
+    occurring = (support + matrix.sum(axis=0)) > 0
 
     report: dict[str, Any] = {
         "accuracy": float(_safe_divide(true_positives.sum(), total)),
         "support": total,
     }
     for score, values in scores.items():
-        report[f"{score}_macro"] = float(values.mean())
+        report[f"{score}_macro"] = float(values[occurring].mean()) if occurring.any() else 0.0
         report[f"{score}_weighted"] = float(_safe_divide((values * support).sum(), total))
     report["per_class"] = {
         name: {

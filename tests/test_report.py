@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.image import imread
+from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision
 
 from fer_lightning.report import (
     classification_report,
@@ -95,7 +96,8 @@ def test_undefined_ratios_are_zero() -> None:
     assert report["per_class"]["Sad"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert report["per_class"]["Angry"]["precision"] == pytest.approx(1.0)
     assert report["per_class"]["Angry"]["recall"] == pytest.approx(2 / 3)
-    assert report["precision_macro"] == pytest.approx(1 / 3)  # every class counts in the mean
+    # Happy (neither true nor predicted) has no score to average; Sad's 0 counts
+    assert report["precision_macro"] == pytest.approx(1 / 2)
     assert report["precision_weighted"] == pytest.approx(1.0)  # only Angry has support
     assert report["accuracy"] == pytest.approx(2 / 3)
 
@@ -189,3 +191,15 @@ def test_write_report_replaces_previous_files(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["accuracy"] == 1.0
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_macro_averages_agree_with_the_logged_torchmetrics_ones() -> None:
+    # 7 classes, 4 of which never occur: the report's macro-F1 is what val/f1_macro logs
+    predicted, true = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 1, 2])
+    confusion = np.zeros((7, 7), dtype=int)
+    np.add.at(confusion, (true.numpy(), predicted.numpy()), 1)
+    report = classification_report(confusion, [f"c{index}" for index in range(7)])
+    f1 = MulticlassF1Score(7, average="macro")(predicted, true)
+    precision = MulticlassPrecision(7, average="macro")(predicted, true)
+    assert report["f1_macro"] == pytest.approx(float(f1)) == pytest.approx(37 / 45)
+    assert report["precision_macro"] == pytest.approx(float(precision))
