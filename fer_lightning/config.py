@@ -14,7 +14,9 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 # conf/paths reads the repository root from $PROJECT_ROOT (as lightning-hydra-template does); every
 # entry point imports this module before its config is resolved, so setting it here covers them all.
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+# Always this repository's root, as the template's rootutils sets it: a PROJECT_ROOT exported for
+# another project must not move this one's data, cache and logs (paths.root_dir=... does that).
+os.environ["PROJECT_ROOT"] = str(ROOT)
 CONF_DIR = ROOT / "conf"
 
 

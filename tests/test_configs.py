@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import CONF_DIR
+from fer_lightning.config import CONF_DIR, ROOT
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.errors import FERUserError
 from fer_lightning.training import build_data_and_system
@@ -192,3 +195,17 @@ def test_cudnn_benchmark_is_set_on_every_trainer_so_it_cannot_leak(train_cfg):
     assert torch.backends.cudnn.benchmark is True
     build_trainer(train_cfg().trainer, [], False)
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_paths_are_this_repository_even_with_another_project_root_exported(tmp_path):
+    # lightning-hydra-template users often export PROJECT_ROOT for another project
+    script = (
+        "from fer_lightning.config import compose_config as compose\n"
+        f"print(compose('train', {str(tmp_path)!r}).paths.data_dir)\n"
+        f"print(compose('train', {str(tmp_path)!r}, ['paths.root_dir=/else']).paths.data_dir)"
+    )
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path / "another_project")}
+    printed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert printed == [str(ROOT / "data"), "/else/data"]
