@@ -142,8 +142,10 @@ def test_readme_command_composes(command: ReadmeCommand, tmp_path: Path):
     # Hydra composes in struct mode: an unknown key or option raises; each value must also land
     cfg = compose_config(command.config_name, tmp_path, command.overrides)
     for override in OverridesParser.create().parse_overrides(list(command.overrides)):
-        key = override.get_key_element()
-        if key in cfg.hydra.runtime.choices:  # a config group's option
+        key = override.key_or_group  # without the + of an added key
+        if override.is_delete():
+            assert OmegaConf.select(cfg, key) is None, f"{command}: {key} is still set"
+        elif key in cfg.hydra.runtime.choices:  # a config group's option
             assert cfg.hydra.runtime.choices[key] == override.value(), command
         else:
             held = OmegaConf.select(cfg, key)
