@@ -4,6 +4,7 @@ the best checkpoint once (PrivateTest)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         log.info("Training %s on %s", cfg.model.net._target_, cfg.data._target_)
-        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        with warnings.catch_warnings():
+            if cfg.get("ckpt_path"):  # resuming in its own run folder (README): expected there
+                warnings.filterwarnings("ignore", r"Checkpoint directory .* is not empty")
+            trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
 
     if cfg.get("test"):
