@@ -31,7 +31,8 @@ from quiet_run import (
 
 
 class EpochTimer(pl.Callback):
-    """Records epoch boundaries, validation durations and training images per epoch.
+    """Records epoch boundaries, validation durations (the loop, its metrics and logging) and
+    training images per epoch.
 
     The latest instance is kept on the class because `train()` builds its callbacks from the
     config.
@@ -62,7 +63,10 @@ class EpochTimer(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._validation_start = device_clock(pl_module)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # on_validation_end, not on_validation_epoch_end: Lightning calls callbacks' epoch-end hooks
+    # before the system's, which computes and logs the metrics. Checkpoint writes, which
+    # Lightning runs after every other callback, count with the training share.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.validation_seconds.append(device_clock(pl_module) - self._validation_start)
 

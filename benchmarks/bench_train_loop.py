@@ -15,7 +15,9 @@ timing one loop after the other measured the drift, not the loops. The first `--
 every block are left out (caches refill when the loops switch nets). The script prints the median
 images/s of both loops, the ratio of those medians, the spread of the per-block ratios and its
 own command line. Hydra overrides for the real loop follow `--`, e.g. `-- data.num_workers=1`;
-with `trainer.precision=bf16-mixed` the bare loop runs under the same autocast.
+with `trainer.precision=bf16-mixed` the bare loop runs under the same autocast. On a GPU
+(`-- trainer=gpu`) the bare loop's batches are preloaded onto it and every step of both loops is
+timed up to the moment the device has finished it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from quiet_run import device_clock
 
 from fer_lightning.config import compose_config
 from fer_lightning.training import train
@@ -71,31 +73,34 @@ class InterleavedTimer(pl.Callback):
         batch_size = trainer.datamodule.hparams.batch_size
         loader = trainer.datamodule.dataloader("train", train=False)
         self.batches = [
-            (images[start : start + batch_size], labels[start : start + batch_size])
+            (images[rows].to(pl_module.device), labels[rows].to(pl_module.device))
             for images, labels in loader
-            for start in range(0, len(labels) - batch_size + 1, batch_size)
+            for rows in (
+                slice(start, start + batch_size)
+                for start in range(0, len(labels) - batch_size + 1, batch_size)
+            )
         ]
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object
     ) -> None:
-        now = time.perf_counter()
+        now = device_clock(pl_module)
         timed_steps = trainer.global_step - self.warmup  # this step included
         if timed_steps > 0:
             if (timed_steps - 1) % self.block == 0:
                 self.real_blocks.append([])
             self.real_blocks[-1].append(now - self._last_end)
             if timed_steps % self.block == 0:
-                self.bare_blocks.append(self._bare_block(len(self.bare_blocks)))
-        self._last_end = time.perf_counter()
+                self.bare_blocks.append(self._bare_block(pl_module, len(self.bare_blocks)))
+        self._last_end = device_clock(pl_module)
 
-    def _bare_block(self, index: int) -> list[float]:
+    def _bare_block(self, pl_module: pl.LightningModule, index: int) -> list[float]:
         """`block` bare steps over the next batches; their durations."""
         durations = []
         with torch.enable_grad():
             for step in range(self.block):
                 images, labels = self.batches[(index * self.block + step) % len(self.batches)]
-                start = time.perf_counter()
+                start = device_clock(pl_module)
                 with torch.autocast(
                     self.device_type,
                     dtype=self.autocast_dtype,
@@ -105,7 +110,7 @@ class InterleavedTimer(pl.Callback):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                durations.append(time.perf_counter() - start)
+                durations.append(device_clock(pl_module) - start)
         return durations
 
 

@@ -29,6 +29,7 @@ from quiet_run import (
     run_parser,
     train_with_callback,
 )
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 # host-side events: a kernel launch each, and the calls that make the host wait for the device
@@ -55,11 +56,8 @@ class StepProfiler(pl.Callback):
         self._start = 0.0
         StepProfiler.latest = self
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
-    ) -> None:
-        if trainer.current_epoch != 0 or batch_idx != self.skip:
-            return
+    def _record(self, pl_module: pl.LightningModule) -> None:
+        """Start the profiler and the clock, once the device has finished the work so far."""
         self.on_gpu = pl_module.device.type == "cuda"
         self.device = device_name(pl_module)
         activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.on_gpu else [])]
@@ -68,14 +66,22 @@ class StepProfiler(pl.Callback):
         self.profiler.start()
         self._start = time.perf_counter()
 
+    # Lightning fetches, moves and augments a batch before on_train_batch_start: the window opens
+    # at the end of the step before the first recorded one, so each recorded step has its batch.
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0 and self.skip == 0:
+            self._record(pl_module)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        last = self.skip + self.steps - 1
-        if self.profiler is None or trainer.current_epoch != 0 or batch_idx != last:
+        if trainer.current_epoch != 0:
             return
-        self.wall_seconds = device_clock(pl_module) - self._start
-        self.profiler.stop()
+        if batch_idx == self.skip - 1:
+            self._record(pl_module)
+        elif self.profiler is not None and batch_idx == self.skip + self.steps - 1:
+            self.wall_seconds = device_clock(pl_module) - self._start
+            self.profiler.stop()
 
 
 def count(events: Sequence, names: Sequence[str]) -> int:
@@ -112,7 +118,7 @@ def main() -> None:
     steps = args.steps
     rows = {"wall ms": f"{recorder.wall_seconds * 1e3 / steps:.2f}"}
     if on_gpu:
-        busy_ms = sum(event.self_device_time_total for event in events) / 1e3
+        busy_ms = device_busy_us(events) / 1e3
         rows["device busy ms"] = f"{busy_ms / steps:.2f}"
         rows["kernel launches"] = f"{count(events, LAUNCHES) / steps:.1f}"
     rows["`.item()` reads and synchronizes (host waits on a GPU)"] = (
@@ -133,6 +139,16 @@ def main() -> None:
     print("```")
     print(events.table(sort_by=sort_by, row_limit=args.rows))
     print("```")
+
+
+def device_busy_us(events: Sequence) -> float:
+    """The kernels' own time. Only the device's events count: the profiler also credits each
+    kernel's time to the CPU op that launched it, so summing every event counts it twice."""
+    return sum(
+        event.self_device_time_total
+        for event in events
+        if event.device_type == DeviceType.CUDA and not event.is_user_annotation
+    )
 
 
 def aten_ops(events: Sequence) -> list[str]:

@@ -274,7 +274,7 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
                 f"{cfg.ckpt_path}: the model's classes {classifier.class_names} are not the "
                 f"data's {class_names}; leave csv_path unset to use its training run's data"
             )
-        _check_indices(cfg.image_indices, splits[cfg.split], cfg.split)
+        indices = image_indices(cfg.image_indices, splits[cfg.split], cfg.split)
         if not pretrained.is_shipped(cfg.ckpt_path):  # shipped weights have no run
             run_dir = checkpoint_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
         if run_dir is not None and (run_dir / "tensorboard").is_dir():
@@ -293,7 +293,7 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
         sink.save("class_distribution", plot_class_distribution(splits, class_names))
         sink.save("mean_faces", plot_mean_faces(examples, class_names, cfg.examples_split))
         if classifier is not None:
-            _save_model_figures(cfg, sink, classifier, splits[cfg.split], run_dir)
+            _save_model_figures(cfg, sink, classifier, splits[cfg.split], run_dir, indices)
     finally:
         if writer is not None:
             writer.close()
@@ -301,14 +301,19 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
     return sink.written
 
 
-def _check_indices(indices: Sequence[int], arrays: SplitArrays, split: str) -> None:
-    """``image_indices`` must name images of the split."""
+def image_indices(value: object, arrays: SplitArrays, split: str) -> list[int]:
+    """``image_indices`` as a list of images of the split (one whole number counts as a list)."""
     size = arrays.labels.size
-    if not indices or any(not 0 <= int(index) < size for index in indices):
+    given = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not given or any(
+        isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size
+        for index in given
+    ):
         raise FERUserError(
-            f"image_indices={list(indices)}: give 1 or more indices in 0..{size - 1} "
-            f"(split {split!r} has {size} images)"
+            f"image_indices={value!r}: give 1 or more whole numbers in 0..{size - 1} "
+            f"(split {split!r} has {size} images), e.g. image_indices=[0,1,2]"
         )
+    return given
 
 
 def _save_model_figures(
@@ -317,9 +322,10 @@ def _save_model_figures(
     classifier: Classifier,
     arrays: SplitArrays,
     run_dir: Path | None,
+    indices: list[int],
 ) -> None:
-    """Training curves (from the run folder; shipped weights have none), prediction panels and
-    the confident mistakes of a checkpoint."""
+    """Training curves (from the run folder; shipped weights have none), prediction panels of
+    the images at ``indices`` and the confident mistakes of a checkpoint."""
     metrics_csv = run_dir / "csv" / "metrics.csv" if run_dir is not None else None
     if metrics_csv is None:
         log.info("No training curves: shipped weights carry no training logs")
@@ -332,7 +338,6 @@ def _save_model_figures(
         )
     probabilities = classifier.predict_proba(arrays.images)
     names = classifier.class_names
-    indices = [int(index) for index in cfg.image_indices]
     panels = plot_prediction_panels(arrays, probabilities, indices, names, cfg.split)
     sink.save("prediction_panels", panels)
     mistakes = plot_confident_mistakes(arrays, probabilities, names, cfg.num_mistakes, cfg.split)

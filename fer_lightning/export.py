@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import onnx
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -72,6 +73,12 @@ def onnx_bytes(
     """
     if opset < MIN_OPSET:
         raise FERUserError(f"opset={opset} is too old; use {MIN_OPSET} or newer")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise FERUserError(
+            f"opset={opset} is newer than the installed onnx {onnx.__version__} knows; "
+            f"use {MIN_OPSET}..{newest}"
+        )
     with _quiet_loggers(*ONNX_CHATTY_LOGGERS):
         program = torch.onnx.export(
             net,
@@ -84,6 +91,13 @@ def onnx_bytes(
             verbose=False,
         )
     model = program.model_proto
+    # the exporter logs a failed conversion to an opset it cannot write and keeps its own
+    written = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if written != [opset]:
+        raise FERUserError(
+            f"opset={opset}: torch's ONNX exporter cannot write it (it fell back to opset "
+            f"{', '.join(map(str, written))}); use an older one, e.g. the default {DEFAULT_OPSET}"
+        )
     model.metadata_props.add(key=METADATA_KEY, value=metadata)
     return model.SerializeToString()
 

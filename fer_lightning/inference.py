@@ -32,7 +32,7 @@ from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_ch
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
 from fer_lightning.errors import FERUserError, first_line
-from fer_lightning.tta import check_tta_mode, views
+from fer_lightning.tta import check_tta_mode, tta_probabilities
 
 CHECKPOINT_SUFFIX = ".ckpt"
 # exported formats and the file suffix each one is written with and recognised by
@@ -48,12 +48,6 @@ _ONNX_LOAD_ERRORS = (
     ort_errors.InvalidProtobuf,
     ort_errors.NotImplemented,
 )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits, computed stably in numpy."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 class Classifier(ABC):
@@ -93,8 +87,11 @@ class Classifier(ABC):
 
     def _probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Mean softmax over the TTA views of preprocessed ``inputs``."""
-        batch_views = views(torch.from_numpy(inputs), self.tta)
-        return np.mean([softmax(self.logits(view.numpy())) for view in batch_views], axis=0)
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self.logits(batch.numpy()))
+
+        return tta_probabilities(forward, torch.from_numpy(inputs), self.tta).numpy()
 
 
 class TorchClassifier(Classifier):

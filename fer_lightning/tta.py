@@ -43,11 +43,19 @@ def views(images: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return crops + [crop.flip(-1) for crop in crops]
 
 
+def tta_probabilities(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """Mean softmax over the views of ``images``, all views in one ``forward`` call: the one
+    averaging of evaluate.py, predict and exported models."""
+    batch_views = views(images, mode)
+    logits = forward(torch.cat(batch_views))
+    return logits.softmax(dim=1).view(len(batch_views), images.shape[0], -1).mean(dim=0)
+
+
 def tta_log_probabilities(
     forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str
 ) -> torch.Tensor:
     """Log of the mean softmax over the views: usable as logits for argmax and cross-entropy."""
-    batch_views = views(images, mode)
-    logits = forward(torch.cat(batch_views))
-    probabilities = logits.softmax(dim=1).view(len(batch_views), images.shape[0], -1).mean(dim=0)
+    probabilities = tta_probabilities(forward, images, mode)
     return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()

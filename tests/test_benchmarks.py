@@ -7,11 +7,14 @@ rotting as the code under them changes, and check the quantities they count.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 
-from tests.conftest import TINY_SPLIT_SIZES, run_script
+from tests.conftest import ROOT, TINY_SPLIT_SIZES, run_script
 
 TINY_DATA = ("--", "data.cache_dir=null")
 
@@ -151,11 +154,34 @@ def test_profile_steps_records_whole_training_steps(tiny_csv: Path, tmp_path: Pa
     assert "steps 3-6 of the first epoch; cpu" in out
     values = {row[0]: number(row[1]) for row in table_rows(out)}
     assert values["wall ms"] > 0 and values["aten op calls (nested ones too)"] > 0
-    # the recorded window holds whole steps: forward, backward and the optimizer's update
-    for op in ("aten::convolution", "aten::convolution_backward", "Optimizer.step#AdamW.step"):
-        assert op in out
+    # the recorded window holds 4 whole steps: each one's batch augmentation (one grid_sample),
+    # backward through the baseline's 3 convolutions and the optimizer's update
+    expected = {
+        "aten::grid_sampler_2d": "4",
+        "aten::convolution_backward": "12",
+        "Optimizer.step#AdamW.step": "4",
+    }
+    for op, count in expected.items():
+        calls = [line.split()[-1] for line in out.splitlines() if line.strip().startswith(op + " ")]
+        assert calls == [count], (op, calls)
     events = {event.get("name") for event in json.loads(trace.read_text())["traceEvents"]}
     assert "aten::convolution_backward" in events
+
+
+def test_profile_steps_counts_each_kernel_once_in_the_device_time() -> None:
+    # the profiler credits a kernel's time to its own event and to the op that launched it
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from profile_steps import device_busy_us
+
+    def event(device_type: DeviceType, microseconds: float, annotation: bool = False):
+        return SimpleNamespace(
+            device_type=device_type,
+            self_device_time_total=microseconds,
+            is_user_annotation=annotation,
+        )
+
+    launcher, kernel = event(DeviceType.CPU, 100.0), event(DeviceType.CUDA, 100.0)
+    assert device_busy_us([launcher, kernel, event(DeviceType.CUDA, 7.0, annotation=True)]) == 100
 
 
 def test_profile_steps_needs_enough_steps(tiny_csv: Path) -> None:

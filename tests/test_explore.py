@@ -10,13 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from omegaconf import ListConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer_lightning import explore as explore_module
 from fer_lightning.config import compose_config
-from fer_lightning.data import load_fer2013_csv
+from fer_lightning.data import SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
-from fer_lightning.explore import explore, read_epoch_metrics
+from fer_lightning.explore import explore, image_indices, read_epoch_metrics
 from tests.test_predict import run_module
 
 DATA_FIGURES = ("examples_per_emotion", "one_per_emotion", "class_distribution", "mean_faces")
@@ -108,12 +109,24 @@ def test_epoch_metrics_take_each_epochs_logged_values(tmp_path):
     np.testing.assert_allclose(epochs["val/acc"], [0.30, 0.40])
 
 
+def test_one_image_index_is_a_list_of_one():
+    arrays = SplitArrays(np.zeros((3, 48, 48), np.uint8), np.zeros(3, np.int64))
+    assert image_indices(2, arrays, "test") == [2]  # `image_indices=2` on the command line
+    assert image_indices(ListConfig([0, 2]), arrays, "test") == [0, 2]
+
+
 def test_mistakes_of_the_options_are_user_errors(run_checkpoint, tmp_path):
     out_of_range = compose_config(
         "explore", tmp_path, [f"ckpt_path={run_checkpoint}", "image_indices=[0,70]"]
     )
     with pytest.raises(FERUserError, match=r"image_indices=\[0, 70\].*0\.\.69"):
         explore(out_of_range)
+    for indices in ("[]", "[1.5]", "[a]", "true"):
+        bad = compose_config(
+            "explore", tmp_path, [f"ckpt_path={run_checkpoint}", f"image_indices={indices}"]
+        )
+        with pytest.raises(FERUserError, match=r"give 1 or more whole numbers in 0\.\.69"):
+            explore(bad)
     with pytest.raises(FERUserError, match="explore needs csv_path="):
         explore(compose_config("explore", tmp_path, []))
     with pytest.raises(FERUserError, match="split='dev' must be one of"):

@@ -31,7 +31,7 @@ from fer_lightning.inference import (
     load_classifier,
     model_metadata,
 )
-from fer_lightning.models import DeepConcatNet
+from fer_lightning.models import BaselineCNN, DeepConcatNet
 from fer_lightning.predict import predict
 from fer_lightning.pretrained.__main__ import ship
 from tests.test_predict import run_module
@@ -151,6 +151,35 @@ def test_deep_net_exports_with_parity(model_format):
     model = classifier_from_bytes(data, model_format, f"deep.{model_format}")
     assert model.in_channels == 3
     assert parity_gap(reference, model, random_inputs(4, channels=3)) < PARITY
+
+
+def test_an_opset_the_exporter_cannot_write_is_one_line_and_writes_nothing(
+    trained_checkpoint, tmp_path
+):
+    # torch's exporter would log the failed conversion and write its own opset 18
+    output = tmp_path / "model.onnx"
+    result = run_module(
+        "fer_lightning.export",
+        f"ckpt_path={trained_checkpoint}",
+        "opset=40",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: opset=40 is newer than the installed onnx {onnx.__version__} knows; "
+        f"use 17..{onnx.defs.onnx_opset_version()}"
+    ]
+    assert not output.exists()
+
+
+def test_an_opset_the_exporter_falls_back_from_is_refused(monkeypatch):
+    # were onnx to know an opset the exporter cannot write, the written one is checked
+    net = BaselineCNN().eval()
+    example = torch.from_numpy(random_inputs(2))
+    monkeypatch.setattr(onnx.defs, "onnx_opset_version", lambda: 99)
+    with pytest.raises(FERUserError, match=r"opset=40: torch's ONNX exporter cannot write it"):
+        onnx_bytes(net, example, "{}", opset=40)
 
 
 def test_failed_parity_exits_non_zero_and_writes_nothing(trained_checkpoint, tmp_path):

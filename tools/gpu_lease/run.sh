@@ -90,8 +90,14 @@ train_fitted() {
 
   args=("${RUN[@]}" trainer.max_epochs="$epochs" "${COMMON[@]}" "${VOTES[@]}" data.csv_path="$CSV" test=false
     ~callbacks.step_checkpoint ~callbacks.last_checkpoint hydra.run.dir="$WORK/$NAME")
+  remaining=$((DEADLINE - $(elapsed)))
+  # `timeout 0` would mean no limit at all, and a negative one fails: the calibration can overrun
+  if [ "$remaining" -lt 30 ]; then
+    log "calibration left ${remaining}s: no training"
+    return
+  fi
   log "python train.py ${args[*]}"
-  timeout $((DEADLINE - $(elapsed))) python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
+  timeout "$remaining" python3 train.py "${args[@]}" > "$WORK/$NAME.log" 2>&1
   log "train.py exit status $?"
 
   python3 -m fer_lightning.pretrained "$WORK/$NAME/checkpoints/best.ckpt" "$NAME" --tta none \
