@@ -122,6 +122,9 @@ def test_folders_data_config(tmp_path):
 def test_every_trainer_config_composes(train_cfg, trainer):
     cfg = train_cfg(f"trainer={trainer}")
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+    if trainer == "gpu":
+        gpu = cfg.trainer
+        assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "bf16-mixed")
     if trainer == "ddp":
         cpu_trainer = build_trainer(
             OmegaConf.merge(cfg.trainer, {"accelerator": "cpu", "devices": 2}), [], False

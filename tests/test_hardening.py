@@ -288,8 +288,10 @@ def test_resume_with_another_one_cycle_length_is_one_line(train_cfg, capsys):
         capsys.readouterr().err,
         [str(last), "spans 3 optimizer steps but this run makes 6", "init_weights="],
     )
-    # resumed as trained, the schedule fits: the run completes (nothing left to train)
-    train(train_cfg(*short_run, "trainer.max_epochs=1", f"ckpt_path={last}"))
+    # resumed as trained, the schedule fits: the run completes (its one epoch was already done)
+    resumed = train(train_cfg(*short_run, "trainer.max_epochs=1", f"ckpt_path={last}"))
+    assert resumed == {}  # nothing left to train, nothing logged
+    assert torch.load(last, weights_only=True)["global_step"] == 3
 
 
 # -------------------------------------------------------------------------- atomic file writes

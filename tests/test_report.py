@@ -111,11 +111,16 @@ def test_empty_matrix_gives_zeros_not_nan() -> None:
 
 
 @pytest.mark.parametrize(
-    "confusion",
-    [np.zeros((2, 2)), np.array([[1, -1, 0], [0, 1, 0], [0, 0, 1]]), np.full((3, 3), 0.5)],
+    ("confusion", "message"),
+    [
+        (np.zeros((2, 2)), r"has shape \(2, 2\), expected \(3, 3\)"),
+        (np.array([[1, -1, 0], [0, 1, 0], [0, 0, 1]]), "non-negative integer counts"),
+        (np.full((3, 3), 0.5), "non-negative integer counts"),
+    ],
+    ids=["shape", "negative", "fractional"],
 )
-def test_invalid_matrix_is_rejected(confusion: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="confusion matrix"):
+def test_invalid_matrix_is_rejected(confusion: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         classification_report(confusion, NAMES)
 
 

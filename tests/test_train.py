@@ -23,16 +23,9 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
+from fer_lightning.system import FERSystem
 from fer_lightning.training import build_data_and_system, train
 from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
-
-
-@pytest.mark.parametrize("model", ["baseline", "deep"])
-def test_fast_dev_run_per_model(train_cfg, model):
-    cfg = train_cfg(f"model={model}", "debug=fdr")
-    metrics = train(cfg)
-    assert 0.0 <= metrics["test/acc"] <= 1.0
-    assert np.isfinite(metrics["train/loss"])
 
 
 def test_vgg_recipe_trains_in_bf16_and_its_checkpoint_evaluates(tmp_path, tiny_csv):
@@ -79,8 +72,7 @@ def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(tmp
         metrics[mode] = train(cfg)
         compiled_graphs[mode] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         stored[mode] = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    assert compiled_graphs == {"null": 0, "default": compiled_graphs["default"]}
-    assert compiled_graphs["default"] > 0
+    assert compiled_graphs["null"] == 0 and compiled_graphs["default"] > 0
     for key in ("train/loss", "val/loss", "test/loss"):
         assert metrics["default"][key] == pytest.approx(metrics["null"][key], rel=1e-4)
     assert list(stored["default"]["state_dict"]) == list(stored["null"]["state_dict"])
@@ -91,10 +83,22 @@ def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(tmp
     assert report["accuracy"] == pytest.approx(metrics["default"]["test/acc"])
 
 
-def test_training_with_mixup_and_cutmix(train_cfg):
+def test_training_with_mixup_and_cutmix(train_cfg, monkeypatch):
+    targets_seen = []
+    plain_loss = FERSystem.loss
+
+    def recording_loss(self, logits, targets):
+        targets_seen.append(targets.detach().clone())
+        return plain_loss(self, logits, targets)
+
+    monkeypatch.setattr(FERSystem, "loss", recording_loss)
     cfg = train_cfg("debug=fdr", "data.augment.mixup_alpha=0.4", "data.augment.cutmix_alpha=1.0")
     metrics = train(cfg)
-    assert np.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/acc"] <= 1.0
+    assert np.isfinite(metrics["train/loss"])
+    # the training batch was mixed: soft targets, rows of class probabilities below 1
+    mixed = targets_seen[0]
+    assert mixed.ndim == 2 and mixed.shape[1] == 7
+    assert torch.allclose(mixed.sum(1), torch.ones(len(mixed))) and mixed.max(1).values.min() < 1
 
 
 def _test_loss(system, datamodule) -> float:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    system_from_checkpoint,
+)
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
+from fer_lightning.report import classification_report
 from fer_lightning.tta import TEN_CROP_SIZE, tta_log_probabilities, views
 from tests.conftest import compose_config
 
@@ -58,3 +65,21 @@ def test_evaluate_with_tta(trained_checkpoint, tmp_path, mode):
     assert written["tta"] == mode
     assert written["accuracy"] == pytest.approx(report["accuracy"])
     assert sum(values["support"] for values in written["per_class"].values()) == 70
+    # the report scores the views' averaged predictions, which here differ from the plain ones
+    checkpoint = read_checkpoint(trained_checkpoint)
+    system = system_from_checkpoint(checkpoint, trained_checkpoint)
+    images, labels = next(iter(datamodule_from_checkpoint(checkpoint, {}).dataloader("test")))
+    with torch.no_grad():
+        averaged = tta_log_probabilities(system, images, mode).argmax(1)
+        plain = system(images).argmax(1)
+    assert len(labels) == 70 and not torch.equal(averaged, plain)
+    expected = classification_report(confusion(labels, averaged), list(system.hparams.class_names))
+    assert report["accuracy"] == pytest.approx(expected["accuracy"])
+    for name, scores in expected["per_class"].items():
+        assert report["per_class"][name] == pytest.approx(scores)
+
+
+def confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: int = 7) -> np.ndarray:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels.numpy(), predictions.numpy()), 1)
+    return matrix
