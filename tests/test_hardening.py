@@ -50,14 +50,6 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-@pytest.fixture(scope="module")
-def baseline_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_csv: Path) -> Path:
-    """best.ckpt of a one-epoch baseline run."""
-    run_dir = tmp_path_factory.mktemp("baseline")
-    train(compose_config("train", run_dir, [*tiny_data_overrides(tiny_csv), *SHORT_RUN]))
-    return run_dir / "checkpoints" / "best.ckpt"
-
-
 # ------------------------------------------------------------------------------------- bad input
 
 PIXELS_2303 = PIXELS.rsplit(" ", 1)[0]
@@ -159,16 +151,6 @@ def test_bad_csv_from_the_command_line(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_bom_and_crlf_csv_is_accepted(tmp_path, tiny_csv):
-    lines = tiny_csv.read_text().splitlines()
-    bom_crlf = tmp_path / "windows.csv"
-    bom_crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
-    cfg = compose_config("train", tmp_path / "run", [*tiny_data_overrides(bom_crlf), "debug=fdr"])
-    assert 0.0 <= train(cfg)["test/acc"] <= 1.0
-    expected = load_fer2013_csv(tiny_csv)["test"].images
-    assert np.array_equal(load_fer2013_csv(bom_crlf)["test"].images, expected)
-
-
 def folders_with_unknown_class(root: Path) -> None:
     (root / "train" / "contempt").mkdir()
 
@@ -251,21 +233,21 @@ def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, train_cfg, capsys, c
     assert_one_error_line(capsys.readouterr().err, [str(checkpoint), fragment])
 
 
-def test_resume_with_another_architecture_is_one_line(train_cfg, baseline_ckpt, capsys):
+def test_resume_with_another_architecture_is_one_line(train_cfg, trained_checkpoint, capsys):
     with pytest.raises(SystemExit):
-        exit_on_user_error(train, train_cfg("model=deep", f"ckpt_path={baseline_ckpt}"))
+        exit_on_user_error(train, train_cfg("model=deep", f"ckpt_path={trained_checkpoint}"))
     assert_one_error_line(
         capsys.readouterr().err,
-        [str(baseline_ckpt), "holds a fer_lightning.models.BaselineCNN net", "DeepConcatNet"],
+        [str(trained_checkpoint), "holds a fer_lightning.models.BaselineCNN net", "DeepConcatNet"],
     )
 
 
-def test_resume_with_another_net_shape_is_one_line(train_cfg, baseline_ckpt, capsys):
+def test_resume_with_another_net_shape_is_one_line(train_cfg, trained_checkpoint, capsys):
     with pytest.raises(SystemExit):
         exit_on_user_error(
-            train, train_cfg("model.net.in_channels=3", f"ckpt_path={baseline_ckpt}")
+            train, train_cfg("model.net.in_channels=3", f"ckpt_path={trained_checkpoint}")
         )
-    assert_one_error_line(capsys.readouterr().err, [str(baseline_ckpt), "do not fit"])
+    assert_one_error_line(capsys.readouterr().err, [str(trained_checkpoint), "do not fit"])
 
 
 def test_resume_with_another_one_cycle_length_is_one_line(train_cfg, capsys):
