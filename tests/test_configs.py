@@ -152,15 +152,17 @@ def test_evaluate_config_composes(tmp_path):
     assert cfg.trainer.logger is False
 
 
-def test_gpus_alias_zero_means_cpu(train_cfg):
-    resolved = resolve_gpus_alias(train_cfg("trainer.gpus=0").trainer)
-    assert (resolved.accelerator, resolved.devices) == ("cpu", 1)
-    assert "gpus" not in resolved
-
-
-def test_gpus_alias_unset_keeps_accelerator_and_devices(train_cfg):
-    resolved = resolve_gpus_alias(train_cfg("trainer.accelerator=cpu", "trainer.devices=1").trainer)
-    assert (resolved.accelerator, resolved.devices) == ("cpu", 1)
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.gpus=0", "trainer.accelerator=gpu", "trainer.devices=2"], ("cpu", 1)),
+        (["trainer.accelerator=gpu", "trainer.devices=2"], ("gpu", 2)),
+    ],
+    ids=["zero-means-cpu", "unset-keeps-accelerator-and-devices"],
+)
+def test_gpus_alias_without_a_gpu_count(train_cfg, overrides, expected):
+    resolved = resolve_gpus_alias(train_cfg(*overrides).trainer)
+    assert (resolved.accelerator, resolved.devices) == expected
     assert "gpus" not in resolved
 
 

@@ -233,21 +233,21 @@ def test_resume_from_a_bad_checkpoint_is_one_line(tmp_path, train_cfg, capsys, c
     assert_one_error_line(capsys.readouterr().err, [str(checkpoint), fragment])
 
 
-def test_resume_with_another_architecture_is_one_line(train_cfg, trained_checkpoint, capsys):
-    with pytest.raises(SystemExit):
-        exit_on_user_error(train, train_cfg("model=deep", f"ckpt_path={trained_checkpoint}"))
-    assert_one_error_line(
-        capsys.readouterr().err,
-        [str(trained_checkpoint), "holds a fer_lightning.models.BaselineCNN net", "DeepConcatNet"],
-    )
-
-
-def test_resume_with_another_net_shape_is_one_line(train_cfg, trained_checkpoint, capsys):
-    with pytest.raises(SystemExit):
-        exit_on_user_error(
-            train, train_cfg("model.net.in_channels=3", f"ckpt_path={trained_checkpoint}")
-        )
-    assert_one_error_line(capsys.readouterr().err, [str(trained_checkpoint), "do not fit"])
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("model=deep", ["holds a fer_lightning.models.BaselineCNN net", "DeepConcatNet"]),
+        ("model.net.in_channels=3", ["do not fit"]),
+    ],
+    ids=["another-architecture", "another-net-shape"],
+)
+def test_resume_with_another_net_is_one_line(
+    train_cfg, trained_checkpoint, capsys, override, fragments
+):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, train_cfg(override, f"ckpt_path={trained_checkpoint}"))
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, [str(trained_checkpoint), *fragments])
 
 
 def test_resume_with_another_one_cycle_length_is_one_line(train_cfg, capsys):
