@@ -2,7 +2,8 @@
 weights, ONNX or TorchScript file) and to classify 48x48 gray faces with exactly the
 preprocessing that training evaluates with.
 
-``load_classifier(ckpt_path)`` loads any of these files (predict uses it), and
+``load_classifier(ckpt_path)`` loads any of these files or an ensemble of checkpoints (predict
+uses it), and
 ``classifier_from_checkpoint`` wraps an already-read checkpoint (export, explore); both return a
 ``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``. ONNX
 models run on onnxruntime (torch does no inference there); their class names, input channels and TTA
@@ -31,6 +32,12 @@ from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
+from fer_lightning.ensemble import (
+    MeanEnsemble,
+    checkpoint_paths,
+    describe_members,
+    ensemble_from_checkpoints,
+)
 from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.tta import check_tta_mode, tta_probabilities
 
@@ -75,6 +82,10 @@ class Classifier(ABC):
         batch = torch.from_numpy(np.ascontiguousarray(faces)).unsqueeze(1)
         return normalize(batch, self.in_channels).numpy()
 
+    def describe(self) -> str:
+        """The test-time augmentation it averages over, for logs."""
+        return f"tta={self.tta}"
+
     def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, K) for uint8 faces (N, 48, 48), ``batch_size`` at a time."""
         batches = [
@@ -108,6 +119,18 @@ class TorchClassifier(Classifier):
             return self.net(torch.from_numpy(inputs)).numpy()
 
 
+class EnsembleClassifier(TorchClassifier):
+    """Several checkpoints' nets as one ``MeanEnsemble``: each member applies its own TTA mode,
+    so the classifier's own ``tta`` is ``none``."""
+
+    def __init__(self, ensemble: MeanEnsemble, class_names: Sequence[str], paths: Sequence[str]):
+        super().__init__(ensemble, class_names, ensemble.in_channels)
+        self.paths = list(paths)
+
+    def describe(self) -> str:
+        return f"the mean of {describe_members(self.paths, self.net.tta_modes)}"
+
+
 class OnnxClassifier(Classifier):
     """An exported ONNX model run by onnxruntime on the CPU."""
 
@@ -127,11 +150,18 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, feed)[0]
 
 
-def load_classifier(ckpt_path: str | os.PathLike, tta: str | None = None) -> Classifier:
+def load_classifier(
+    ckpt_path: str | os.PathLike | Sequence[str], tta: str | None = None
+) -> Classifier:
     """The classifier behind ``ckpt_path``: a Lightning ``.ckpt``, an exported ``.onnx`` or
-    TorchScript ``.pt`` file, or ``pretrained:<name>``. ``tta=None`` keeps the TTA mode the file
-    carries (the one shipped weights were chosen with; ``none`` for a training checkpoint)."""
-    classifier = _load_classifier(ckpt_path)
+    TorchScript ``.pt`` file, ``pretrained:<name>``, or a list of checkpoints (an ensemble).
+    ``tta=None`` keeps the TTA mode each file carries (the one shipped weights were chosen with;
+    ``none`` for a training checkpoint)."""
+    paths = checkpoint_paths(ckpt_path)
+    if len(paths) > 1:
+        ensemble, class_names = ensemble_from_checkpoints(paths, tta)
+        return EnsembleClassifier(ensemble, class_names, paths)
+    classifier = _load_classifier(paths[0])
     if tta is not None:
         classifier.tta = check_tta_mode(tta)
     return classifier

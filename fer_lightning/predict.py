@@ -539,7 +539,7 @@ def predict(cfg: DictConfig) -> Path:
             f"(e.g. output={output / 'predictions.jsonl'})"
         )
     classifier = load_classifier(cfg.ckpt_path, cfg.tta)
-    log.info("Classifying with %s, tta=%s", cfg.ckpt_path, classifier.tta)
+    log.info("Classifying with %s, %s", cfg.ckpt_path, classifier.describe())
     detector = hydra.utils.instantiate(cfg.detector) if cfg.detect else None
     predictor = FacePredictor(classifier, detector, cfg.margin, cfg.batch_size)
     folder = source if isinstance(source, Path) and source.is_dir() else None

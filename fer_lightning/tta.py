@@ -57,5 +57,10 @@ def tta_log_probabilities(
     forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str
 ) -> torch.Tensor:
     """Log of the mean softmax over the views: usable as logits for argmax and cross-entropy."""
-    probabilities = tta_probabilities(forward, images, mode)
+    return probabilities_as_logits(tta_probabilities(forward, images, mode))
+
+
+def probabilities_as_logits(probabilities: torch.Tensor) -> torch.Tensor:
+    """The log of class probabilities, zeros clamped to the smallest positive float: their
+    argmax, softmax and cross-entropy are the probabilities' own."""
     return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()

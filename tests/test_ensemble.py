@@ -1,0 +1,126 @@
+"""Ensembles (``ckpt_path=[a,b,...]``): the mean of the members' probabilities, each member with
+its own input channels and TTA, in evaluate.py and predict; one-line errors elsewhere."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    system_from_checkpoint,
+)
+from fer_lightning.config import compose_config
+from fer_lightning.data import load_fer2013_csv
+from fer_lightning.ensemble import MeanEnsemble, checkpoint_paths
+from fer_lightning.errors import FERUserError
+from fer_lightning.evaluation import evaluate
+from fer_lightning.export import export
+from fer_lightning.inference import load_classifier
+from fer_lightning.report import classification_report
+from fer_lightning.tta import tta_probabilities
+from tests.test_predict import run_module
+from tests.test_tta import confusion
+
+# a 3-channel member (seed 004's net, gray replicated) whose shipped TTA is tencrop
+THREE_CHANNEL_MEMBER = "pretrained:deep"
+
+
+class PixelNet(nn.Module):
+    """Logits from a linear map of all pixels: sensitive to mirroring and to every channel."""
+
+    def __init__(self, in_channels: int, num_classes: int = 3, size: int = 8) -> None:
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.linear = nn.Linear(in_channels * size * size, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(images.flatten(1))
+
+
+def test_mean_ensemble_averages_each_members_own_tta_and_channels():
+    torch.manual_seed(0)
+    gray, rgb = PixelNet(in_channels=1), PixelNet(in_channels=3)
+    images = torch.rand(5, 1, 8, 8)
+    ensemble = MeanEnsemble([gray, rgb], ["flip", "none"])
+    expected = (
+        (gray(images).softmax(1) + gray(images.flip(-1)).softmax(1)) / 2
+        + rgb(images.expand(-1, 3, -1, -1)).softmax(1)
+    ) / 2
+    with torch.no_grad():
+        assert torch.allclose(ensemble(images).softmax(1), expected, atol=1e-6)
+        assert torch.allclose(ensemble(images).exp(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="2 nets need as many TTA modes, got 1"):
+        MeanEnsemble([gray, rgb], ["none"])
+
+
+def member_probabilities(path, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """One member's probabilities, computed without the ensemble code."""
+    system = system_from_checkpoint(read_checkpoint(path), path)
+    with torch.no_grad():
+        return tta_probabilities(system, images.expand(-1, system.net.in_channels, -1, -1), tta)
+
+
+@pytest.mark.parametrize("tta", [None, "flip"])
+def test_evaluate_an_ensemble_scores_the_mean_of_its_members(trained_checkpoint, tmp_path, tta):
+    members = [str(trained_checkpoint), THREE_CHANNEL_MEMBER]
+    overrides = [f"ckpt_path=[{','.join(members)}]"] + ([f"tta={tta}"] if tta else [])
+    report = evaluate(compose_config("evaluate", tmp_path, overrides))
+
+    modes = ["none", "tencrop"] if tta is None else [tta, tta]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["tta"] == modes and written["ckpt_path"] == members
+    assert written["accuracy"] == pytest.approx(report["accuracy"])
+    checkpoint = read_checkpoint(trained_checkpoint)
+    data = datamodule_from_checkpoint(checkpoint, {})
+    images, labels = next(iter(data.dataloader("test")))
+    each = [member_probabilities(m, images, mode) for m, mode in zip(members, modes, strict=True)]
+    predicted = ((each[0] + each[1]) / 2).argmax(1)
+    # the mean decides differently from either member alone, so a lost member would show
+    assert len(labels) == 70
+    assert not any(torch.equal(predicted, member.argmax(1)) for member in each)
+    expected = classification_report(confusion(labels, predicted), data.class_names)
+    assert report["accuracy"] == pytest.approx(expected["accuracy"])
+    for name, scores in expected["per_class"].items():
+        assert report["per_class"][name] == pytest.approx(scores)
+
+
+def test_predict_with_an_ensemble_averages_the_members(trained_checkpoint, tiny_csv):
+    faces = load_fer2013_csv(tiny_csv)["test"].images[:16]
+    members = [str(trained_checkpoint), THREE_CHANNEL_MEMBER]
+    ensemble = load_classifier(members)
+    expected = np.mean([load_classifier(member).predict_proba(faces) for member in members], 0)
+    np.testing.assert_allclose(ensemble.predict_proba(faces), expected, atol=1e-6)
+    assert ensemble.describe() == (
+        f"the mean of {trained_checkpoint} (tta=none) + {THREE_CHANNEL_MEMBER} (tta=tencrop)"
+    )
+    assert load_classifier(members, tta="flip").net.tta_modes == ["flip", "flip"]
+
+
+def test_members_must_share_their_classes(trained_checkpoint, tmp_path):
+    renamed = read_checkpoint(trained_checkpoint)
+    renamed["hyper_parameters"]["class_names"][0] = "Anger"
+    other = tmp_path / "renamed.ckpt"
+    torch.save(renamed, other)
+    with pytest.raises(FERUserError, match=r"renamed\.ckpt: its classes \['Anger', .* differ"):
+        load_classifier([str(trained_checkpoint), str(other)])
+
+
+def test_an_empty_list_is_a_user_error():
+    with pytest.raises(FERUserError, match=r"ckpt_path=\[\] must be a checkpoint or a list"):
+        checkpoint_paths([])
+
+
+def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, tmp_path):
+    listed = f"ckpt_path=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"
+    with pytest.raises(FERUserError, match=r"only evaluate\.py and predict take a list"):
+        export(compose_config("export", tmp_path, [listed]))
+    result = run_module("fer_lightning.export", listed, f"hydra.run.dir={tmp_path / 'cli'}")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ckpt_path=[") and "lists several checkpoints" in line
