@@ -44,6 +44,12 @@ def _check_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> np.nd
     return matrix.astype(np.int64)
 
 
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """K x K int64 counts of class indices, rows = true class, columns = prediction."""
+    pairs = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions)
+    return np.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
 def classification_report(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class and macro/weighted precision, recall, F1 and support.
 

@@ -3,7 +3,9 @@ its own input channels and TTA, in evaluate.py and predict; one-line errors else
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -15,8 +17,8 @@ from fer_lightning.checkpoint import (
     read_checkpoint,
     system_from_checkpoint,
 )
-from fer_lightning.config import compose_config
-from fer_lightning.data import load_fer2013_csv
+from fer_lightning.config import ROOT, compose_config
+from fer_lightning.data import FER2013DataModule, load_fer2013_csv
 from fer_lightning.ensemble import MeanEnsemble, checkpoint_paths
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
@@ -124,3 +126,48 @@ def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, t
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ckpt_path=[") and "lists several checkpoints" in line
+
+
+def choose_ensemble_module():
+    path = ROOT / "tools" / "choose_ensemble.py"
+    spec = importlib.util.spec_from_file_location("choose_ensemble", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choose_ensemble_ranks_every_subset_on_publictest_only(
+    trained_checkpoint, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    tool = choose_ensemble_module()
+    candidates = [str(trained_checkpoint), THREE_CHANNEL_MEMBER, "pretrained:baseline"]
+    read_splits = []
+    split_arrays = FER2013DataModule.split_arrays
+    monkeypatch.setattr(
+        FER2013DataModule,
+        "split_arrays",
+        lambda self, split: read_splits.append(split) or split_arrays(self, split),
+    )
+    ranked = tool.choose(candidates, str(tiny_csv), min_size=1)
+    assert set(read_splits) == {"val"}  # PrivateTest is never used
+    best = ",".join(ranked[0].members)
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith(f"chosen: python evaluate.py ckpt_path=[{best}] data.csv_path={tiny_csv}")
+    )
+
+    assert len(ranked) == 7 and len({scored.members for scored in ranked}) == 7
+    assert [scored.rank() for scored in ranked] == sorted(
+        (scored.rank() for scored in ranked), reverse=True
+    )
+    # each score is what evaluate.py split=val reports for that set
+    checked = (ranked[0], ranked[-1], next(s for s in ranked if len(s.members) == 3))
+    for index, scored in enumerate(checked):
+        listed = f"ckpt_path=[{','.join(scored.members)}]"  # one member: a list of one
+        run_dir = tmp_path / f"evaluate{index}"
+        overrides = [listed, "split=val", f"data.csv_path={tiny_csv}"]
+        report = evaluate(compose_config("evaluate", run_dir, overrides))
+        assert scored.accuracy == pytest.approx(report["accuracy"])
+        assert scored.f1_macro == pytest.approx(report["f1_macro"])
