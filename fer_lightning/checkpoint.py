@@ -46,11 +46,6 @@ class StoreRunConfig(Callback):
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint (a path, or `pretrained:<name>` for shipped weights) with torch's safe
     `weights_only` loader; bad files fail in one line."""
-    if not isinstance(path, str | os.PathLike):  # a Hydra list: an ensemble, where none applies
-        raise FERUserError(
-            f"ckpt_path={path} lists several checkpoints; only evaluate.py and predict take a "
-            "list (an ensemble), here name one"
-        )
     path = pretrained.resolve(path)
     if path.is_dir():
         raise FERUserError(f"checkpoint {path} is a directory, not a checkpoint file")

@@ -25,6 +25,7 @@ from fer_lightning.evaluation import evaluate
 from fer_lightning.export import export
 from fer_lightning.inference import load_classifier
 from fer_lightning.report import classification_report
+from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
 from tests.test_predict import run_module
 from tests.test_tta import confusion
@@ -118,14 +119,18 @@ def test_an_empty_list_is_a_user_error():
         checkpoint_paths([])
 
 
-def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, tmp_path):
+def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, tmp_path, train_cfg):
     listed = f"ckpt_path=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"
-    with pytest.raises(FERUserError, match=r"only evaluate\.py and predict take a list"):
+    message = r"got a list of checkpoints \(\[.*\]\); only evaluate\.py and predict take one"
+    with pytest.raises(FERUserError, match=message):
         export(compose_config("export", tmp_path, [listed]))
-    result = run_module("fer_lightning.export", listed, f"hydra.run.dir={tmp_path / 'cli'}")
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ckpt_path=[") and "lists several checkpoints" in line
+    for module in ("fer_lightning.export", "fer_lightning.explore"):
+        result = run_module(module, listed, f"hydra.run.dir={tmp_path / module}")
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: got a list of checkpoints (['")
+    with pytest.raises(FERUserError, match=message):
+        train(train_cfg(f"init_weights=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"))
 
 
 def choose_ensemble_module():

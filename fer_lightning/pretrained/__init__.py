@@ -29,6 +29,11 @@ def is_shipped(ckpt_path: str | os.PathLike) -> bool:
 
 def resolve(ckpt_path: str | os.PathLike) -> Path:
     """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
+    if not isinstance(ckpt_path, str | os.PathLike):  # a Hydra list: an ensemble, not one model
+        raise FERUserError(
+            f"got a list of checkpoints ({list(ckpt_path)}); only evaluate.py and predict take "
+            "one (an ensemble), here name a single checkpoint"
+        )
     text = str(ckpt_path)
     if not is_shipped(text):
         return Path(text).expanduser()
