@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import EMOTIONS
+from fer_lightning.config import ROOT
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.pretrained.__main__ import main, ship
@@ -138,3 +140,19 @@ def test_shipped_weights_load_offline_and_classify(
     )
     report = evaluate(cfg)
     assert report["support"] == 70
+
+
+@pytest.mark.parametrize("name", ["baseline", "deep", "vgg"])
+def test_readme_states_each_shipped_files_size_and_sha256(name):
+    """README's size and digest of each shipped file are the file's own (a re-shipped file
+    without a README update fails here)."""
+    text = " ".join((ROOT / "README.md").read_text().split())  # wrapped lines joined
+    path = pretrained.WEIGHTS_DIR / f"{name}.pt"
+    stated = re.search(
+        rf"`pretrained:{name}` is `fer_lightning/pretrained/{name}\.pt` "
+        r"\(fp(?:16|32), ([\d,]+) bytes, sha256 `([0-9a-f]{64})`\)",
+        text,
+    )
+    assert stated is not None
+    assert stated[1] == f"{path.stat().st_size:,}"
+    assert stated[2] == hashlib.sha256(path.read_bytes()).hexdigest()
