@@ -4,6 +4,7 @@ that fail alone instead of ending the sweep."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -108,3 +109,10 @@ class ReportFailedJobs(Callback):
             lines.append(f"  {job}: {summary} (details: {marker})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(1)
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a single-quoted Hydra override value: quotes, and backslashes before a quote
+    or at the end, are escaped."""
+    value = re.sub(r"(\\+)(?='|$)", lambda match: match.group(1) * 2, value)
+    return "'" + value.replace("'", "\\'") + "'"

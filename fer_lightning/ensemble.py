@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 from omegaconf import ListConfig
+from pytorch_lightning import LightningModule
 from torch import nn
 
 from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
@@ -62,6 +63,13 @@ def ensemble_from_checkpoints(
         checkpoint = read_checkpoint(path)
         systems.append(system_from_checkpoint(checkpoint, path))
         modes.append(stored_tta(checkpoint) if tta is None else check_tta_mode(tta))
+    class_names = shared_class_names(paths, systems)
+    return MeanEnsemble([system.net for system in systems], modes), class_names
+
+
+def shared_class_names(paths: Sequence[str], systems: Sequence[LightningModule]) -> list[str]:
+    """The class names all ``systems`` (loaded from ``paths``) share, in one order; members that
+    differ fail in one line, since averaging their probabilities would mix classes."""
     class_names = list(systems[0].hparams.class_names)
     for path, system in zip(paths[1:], systems[1:], strict=True):
         if list(system.hparams.class_names) != class_names:
@@ -69,7 +77,7 @@ def ensemble_from_checkpoints(
                 f"{path}: its classes {list(system.hparams.class_names)} differ from "
                 f"{paths[0]}'s {class_names}; an ensemble's members must share their classes"
             )
-    return MeanEnsemble([system.net for system in systems], modes), class_names
+    return class_names
 
 
 def describe_members(paths: Sequence[str], tta_modes: Sequence[str]) -> str:

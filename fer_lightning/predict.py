@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 import uuid
@@ -32,7 +31,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fer_lightning.classes import IMAGE_SIZE
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, hydra_quoted
 from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
@@ -582,15 +581,8 @@ def source_argv(argv: list[str]) -> list[str]:
     in a path stay literal. Paths containing ``=`` must be given as ``source=...``.
     """
     if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
-        return [argv[0], f"source={_hydra_quoted(argv[1])}", *argv[2:]]
+        return [argv[0], f"source={hydra_quoted(argv[1])}", *argv[2:]]
     return argv
-
-
-def _hydra_quoted(value: str) -> str:
-    """``value`` as a single-quoted Hydra override value: quotes, and backslashes before a quote
-    or at the end, are escaped."""
-    value = re.sub(r"(\\+)(?='|$)", lambda match: match.group(1) * 2, value)
-    return "'" + value.replace("'", "\\'") + "'"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

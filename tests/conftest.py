@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,20 @@ from fer_lightning.training import train
 
 # small enough for seconds-long runs, large enough that every class appears in every split
 TINY_SPLIT_SIZES = {"num_train": 280, "num_val": 70, "num_test": 70}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Parse caches of the tests' csvs go to a temporary folder, not the repository's data/cache
+    (in-process configs and subprocesses alike read FER_LIGHTNING_CACHE)."""
+    cache = tmp_path_factory.mktemp("parse_cache")
+    before = os.environ.get("FER_LIGHTNING_CACHE")
+    os.environ["FER_LIGHTNING_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        del os.environ["FER_LIGHTNING_CACHE"]
+    else:
+        os.environ["FER_LIGHTNING_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

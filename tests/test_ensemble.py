@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch import nn
 
 from fer_lightning.checkpoint import (
@@ -129,8 +130,12 @@ def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, t
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: got a list of checkpoints (['")
-    with pytest.raises(FERUserError, match=message):
-        train(train_cfg(f"init_weights=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"))
+    for key in ("init_weights", "ckpt_path"):  # a new run from weights, and a resume
+        with pytest.raises(FERUserError, match=message):
+            train(train_cfg(f"{key}=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"))
+    # a value Hydra reads as a number is still a (missing) path, not a list
+    with pytest.raises(FERUserError, match="checkpoint 123 does not exist"):
+        export(compose_config("export", tmp_path, ["ckpt_path=123"]))
 
 
 def choose_ensemble_module():
@@ -154,7 +159,7 @@ def test_choose_ensemble_ranks_every_subset_on_publictest_only(
         "split_arrays",
         lambda self, split: read_splits.append(split) or split_arrays(self, split),
     )
-    ranked = tool.choose(candidates, str(tiny_csv), min_size=1)
+    ranked = tool.choose(candidates, {"csv_path": str(tiny_csv)}, min_size=1)
     assert set(read_splits) == {"val"}  # PrivateTest is never used
     best = ",".join(ranked[0].members)
     assert (
@@ -164,9 +169,6 @@ def test_choose_ensemble_ranks_every_subset_on_publictest_only(
     )
 
     assert len(ranked) == 7 and len({scored.members for scored in ranked}) == 7
-    assert [scored.rank() for scored in ranked] == sorted(
-        (scored.rank() for scored in ranked), reverse=True
-    )
     # each score is what evaluate.py split=val reports for that set
     checked = (ranked[0], ranked[-1], next(s for s in ranked if len(s.members) == 3))
     for index, scored in enumerate(checked):
@@ -176,3 +178,42 @@ def test_choose_ensemble_ranks_every_subset_on_publictest_only(
         report = evaluate(compose_config("evaluate", run_dir, overrides))
         assert scored.accuracy == pytest.approx(report["accuracy"])
         assert scored.f1_macro == pytest.approx(report["f1_macro"])
+
+
+def test_choose_ensemble_breaks_ties_by_macro_f1_then_the_smaller_set():
+    tool = choose_ensemble_module()
+    labels = torch.tensor([0, 0, 1, 2])
+    one_hot = torch.eye(3)
+    # a, b and c each get 3 of 4 right; a misses a class-0 face, b and c the class-2 face
+    a = one_hot[[1, 0, 1, 2]]
+    b = one_hot[[0, 0, 1, 1]]
+    c = b.clone()
+    ranked = tool.score_subsets({"a": a, "b": b, "c": c}, labels, ["x", "y", "z"], min_size=1)
+    scores = {scored.members: (scored.accuracy, scored.f1_macro) for scored in ranked}
+    assert scores[("a",)][0] == scores[("b",)][0] == scores[("b", "c")][0] == 0.75
+    assert scores[("a",)][1] > scores[("b",)][1]  # a's errors cost less macro-F1
+    assert ranked[0].members == ("a",)
+    # b and b + c score the same (c copies b): the smaller set ranks first
+    order = [scored.members for scored in ranked]
+    assert order.index(("b",)) < order.index(("b", "c"))
+
+
+def test_choose_ensemble_refuses_candidates_of_other_classes(trained_checkpoint, tmp_path):
+    renamed = read_checkpoint(trained_checkpoint)
+    renamed["hyper_parameters"]["class_names"][0] = "Anger"
+    torch.save(renamed, tmp_path / "renamed.ckpt")
+    tool = choose_ensemble_module()
+    with pytest.raises(FERUserError, match=r"renamed\.ckpt: its classes .* differ"):
+        tool.choose([str(trained_checkpoint), str(tmp_path / "renamed.ckpt")], {}, min_size=2)
+
+
+def test_the_printed_command_quotes_paths_hydra_would_misread():
+    tool = choose_ensemble_module()
+    command = tool.evaluate_command(
+        ["pretrained:vgg", "runs/a b,c/best.ckpt"], {"csv_path": "d/x.csv", "ferplus_csv": None}
+    )
+    assert command == (
+        "python evaluate.py ckpt_path=[pretrained:vgg,'runs/a b,c/best.ckpt'] data.csv_path=d/x.csv"
+    )
+    parsed = OverridesParser.create().parse_overrides([command.split(" ", 2)[2].rsplit(" ", 1)[0]])
+    assert parsed[0].value() == ["pretrained:vgg", "runs/a b,c/best.ckpt"]

@@ -146,6 +146,25 @@ def test_ferplus_experiment_is_its_fer2013_recipe_on_ferplus_labels(tiny_csv, tm
     assert ferplus.data.augment == fer2013.data.augment
 
 
+# README's 88.3 % FER+ row, pinned: vgg_ferplus inherits these from vgg_fer2013, so a change there
+# must not silently change the run that row describes
+VGG_FERPLUS_RECIPE = {
+    "data.augment.random_erasing": 0.5,
+    "model.optimizer.weight_decay": 0.05,
+    "model.optimizer.lr": 0.002,
+    "model.net.widths": [48, 96, 192, 384],
+    "trainer.max_epochs": 40,
+    "trainer.precision": "bf16-mixed",
+}
+
+
+def test_vgg_ferplus_runs_what_its_readme_row_reports(tiny_csv, tmp_path):
+    votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")
+    cfg = _ferplus_train_cfg(tiny_csv, votes_csv, tmp_path / "run", "experiment=vgg_ferplus")
+    for key, value in VGG_FERPLUS_RECIPE.items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
 def test_evaluate_takes_the_votes_file_of_this_machine(tiny_csv, tmp_path):
     """A FER+ checkpoint whose votes file has moved evaluates with `data.ferplus_csv=<new path>`."""
     votes_csv = write_ferplus_votes(tiny_csv, tmp_path / "fer2013new.csv")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint
@@ -156,3 +157,57 @@ def test_readme_states_each_shipped_files_size_and_sha256(name):
     assert stated is not None
     assert stated[1] == f"{path.stat().st_size:,}"
     assert stated[2] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+RECIPE_KEYS = (
+    "seed",
+    "model.net",
+    "model.optimizer",
+    "model.scheduler",
+    "model.scheduler_interval",
+    "model.label_smoothing",
+    "model.channels_last",
+    "data.batch_size",
+    "data.class_weighting",
+    "data.augment",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "trainer.gradient_clip_val",
+    "trainer.accumulate_grad_batches",
+    "callbacks.ema",
+)
+
+
+@pytest.mark.parametrize("name", ["baseline", "deep", "vgg"])
+def test_each_shipped_file_was_trained_with_its_experiments_recipe(name, tmp_path):
+    """`experiment=<name>_fer2013` is the recipe README gives for `pretrained:<name>`: the run
+    config stored in the shipped file agrees with it on every recipe setting. A knob added after
+    the run is absent there, and its default must be off (what the run did without it)."""
+    stored = OmegaConf.create(read_checkpoint(f"pretrained:{name}")["fer_run_config"])
+    composed = compose_config("train", tmp_path, [f"experiment={name}_fer2013"])
+    stored_settings = settings(stored, RECIPE_KEYS)
+    for key, expected in settings(composed, RECIPE_KEYS).items():
+        if key in stored_settings:
+            assert stored_settings[key] == expected, key
+        else:
+            assert expected in (None, False, 0), key
+
+
+def settings(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, object]:
+    """The resolved leaf values under ``keys`` by dotted name (absent keys left out)."""
+    leaves: dict[str, object] = {}
+
+    def collect(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                collect(f"{prefix}.{name}", item)
+        else:
+            leaves[prefix] = value
+
+    for key in keys:
+        node = OmegaConf.select(cfg, key, default=KeyError)
+        if OmegaConf.is_config(node):
+            collect(key, OmegaConf.to_container(node, resolve=True))
+        elif node is not KeyError:
+            collect(key, node)
+    return leaves

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omegaconf import ListConfig
+
 from fer_lightning.errors import FERUserError
 
 PREFIX = "pretrained:"
@@ -27,9 +29,9 @@ def is_shipped(ckpt_path: str | os.PathLike) -> bool:
     return str(ckpt_path).startswith(PREFIX)
 
 
-def resolve(ckpt_path: str | os.PathLike) -> Path:
+def resolve(ckpt_path: str | os.PathLike | list[str]) -> Path:
     """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
-    if not isinstance(ckpt_path, str | os.PathLike):  # a Hydra list: an ensemble, not one model
+    if isinstance(ckpt_path, ListConfig | list | tuple):  # an ensemble's members, not one model
         raise FERUserError(
             f"got a list of checkpoints ({list(ckpt_path)}); only evaluate.py and predict take "
             "one (an ensemble), here name a single checkpoint"
