@@ -5,8 +5,9 @@ preprocessing that training evaluates with.
 ``load_classifier(ckpt_path)`` loads any of these files, or an ensemble of checkpoints (predict
 uses it), and ``classifier_from_checkpoint`` wraps an already-read checkpoint (export, explore);
 both return a ``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``.
-ONNX models run on onnxruntime (torch does no inference there); their class names, input channels and TTA
-mode travel in the file's metadata, as they do in a TorchScript file's extra files.
+ONNX models run on onnxruntime (torch does no inference there); their class names, input
+channels and TTA mode travel in the file's metadata, as they do in a TorchScript file's extra
+files.
 """
 
 from __future__ import annotations
