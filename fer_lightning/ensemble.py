@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from omegaconf import ListConfig
@@ -56,13 +57,21 @@ def ensemble_from_checkpoints(
     paths: Sequence[str], tta: str | None = None
 ) -> tuple[MeanEnsemble, list[str]]:
     """The ensemble of the checkpoints at ``paths`` (files or ``pretrained:<name>``) and its
+    class names; see ``ensemble_from_loaded``."""
+    return ensemble_from_loaded([read_checkpoint(path) for path in paths], paths, tta)
+
+
+def ensemble_from_loaded(
+    checkpoints: Sequence[dict[str, Any]], paths: Sequence[str], tta: str | None = None
+) -> tuple[MeanEnsemble, list[str]]:
+    """The ensemble of already-read ``checkpoints`` (from ``paths``, named in errors) and its
     class names. Each member keeps the TTA mode it carries unless ``tta`` sets one for all; the
     members must classify the same classes, in the same order."""
-    systems, modes = [], []
-    for path in paths:
-        checkpoint = read_checkpoint(path)
-        systems.append(system_from_checkpoint(checkpoint, path))
-        modes.append(stored_tta(checkpoint) if tta is None else check_tta_mode(tta))
+    systems = [
+        system_from_checkpoint(checkpoint, path)
+        for checkpoint, path in zip(checkpoints, paths, strict=True)
+    ]
+    modes = [stored_tta(c) if tta is None else check_tta_mode(tta) for c in checkpoints]
     class_names = shared_class_names(paths, systems)
     return MeanEnsemble([system.net for system in systems], modes), class_names
 

@@ -17,7 +17,7 @@ from fer_lightning.checkpoint import (
     system_from_checkpoint,
 )
 from fer_lightning.data import SPLIT_NAMES
-from fer_lightning.ensemble import checkpoint_paths, describe_members, ensemble_from_checkpoints
+from fer_lightning.ensemble import checkpoint_paths, describe_members, ensemble_from_loaded
 from fer_lightning.errors import FERUserError
 from fer_lightning.report import publish_report
 from fer_lightning.system import FERSystem
@@ -32,14 +32,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.split not in SPLIT_NAMES:
         raise FERUserError(f"split must be one of {', '.join(SPLIT_NAMES)} (got {cfg.split!r})")
     paths = checkpoint_paths(cfg.ckpt_path)
-    first = read_checkpoint(paths[0])
+    checkpoints = [read_checkpoint(path) for path in paths]
+    first = checkpoints[0]
     if len(paths) == 1:
         system, tta = _single(first, paths[0], cfg.tta)
         data_overrides = cfg.data
         described = f"{paths[0]} on split '{cfg.split}' (tta={tta}):"
         extra = {"tta": tta, "ckpt_path": str(Path(paths[0]).expanduser())}
     else:
-        ensemble, class_names = ensemble_from_checkpoints(paths, cfg.tta)
+        ensemble, class_names = ensemble_from_loaded(checkpoints, paths, cfg.tta)
         system = FERSystem(net=ensemble, class_names=class_names).eval()
         data_overrides = {**cfg.data, "in_channels": ensemble.in_channels}
         described = (
