@@ -57,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with warnings.catch_warnings():
             if cfg.get("ckpt_path"):  # resuming in its own run folder (README): expected there
                 warnings.filterwarnings("ignore", r"Checkpoint directory .* is not empty")
+            # mixed precision keeps fp32 weights: the summary's 32-bit fallback is the right size
+            warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model")
             trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics.update(_floats(trainer.callback_metrics))
 
