@@ -17,9 +17,12 @@ from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpu
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import CONF_DIR, ROOT
 from fer_lightning.data.class_weights import class_weights
+from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment
 from fer_lightning.errors import FERUserError
-from fer_lightning.training import build_data_and_system
-from tests.conftest import compose_config, run_script
+from fer_lightning.evaluation import evaluate
+from fer_lightning.training import build_data_and_system, train
+from tests.conftest import LIMITED_RUN, compose_config, run_script
+from tests.test_data import write_folders
 
 
 def _options(group: str) -> list[str]:
@@ -116,6 +119,43 @@ def test_folders_data_config(tmp_path):
     )
     datamodule, _, _ = _instantiate_run(cfg)
     assert sum(datamodule.class_counts()) == 28  # 80 % of 35 training images, stratified
+
+
+def test_image_folder_checkpoint_evaluates_from_the_folder_on_this_machine(tmp_path):
+    """evaluate.py's `data.root` points a folder-trained checkpoint at a moved folder."""
+    root = tmp_path / "folders"
+    write_folders(root)
+    run_overrides = ["data=fer2013_folders", f"data.root={root}", "data.batch_size=8", "model=vgg"]
+    run_overrides += ["model.net.widths=[8,16]", "test=false", "~callbacks.rich_progress_bar"]
+    train(compose_config("train", tmp_path / "run", [*run_overrides, *LIMITED_RUN]))
+    moved = root.rename(tmp_path / "moved")
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    report = evaluate(
+        compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={best}", f"data.root={moved}"])
+    )
+    assert sum(row["support"] for row in report["per_class"].values()) == 14  # 2 a class
+
+
+def test_every_augment_knob_is_declared_and_overridable(tmp_path):
+    """Each BatchAugment knob is in the data config, so a plain `data.augment.<knob>=` works."""
+    declared = compose_config("train", tmp_path / "run", ["data=fer2013"]).data.augment
+    assert set(declared) == set(AUGMENT_KNOBS)
+    overrides = {
+        "random_resized_crop_scale": "null",
+        "pad_crop": "4",
+        "affine_scale": "[0.9,1.1]",
+        "random_erasing": "0.5",
+    }
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        ["data=fer2013", *(f"data.augment.{knob}={value}" for knob, value in overrides.items())],
+    )
+    augment = BatchAugment(OmegaConf.to_container(cfg.data.augment))
+    images = torch.zeros(4, 1, 48, 48)
+    shifted, _ = augment(images, torch.zeros(4, dtype=torch.int64))
+    assert shifted.shape == images.shape
+    assert cfg.data.augment.pad_crop == 4 and list(cfg.data.augment.affine_scale) == [0.9, 1.1]
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))
