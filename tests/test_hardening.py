@@ -303,7 +303,8 @@ def test_unwritable_cache_dir_is_one_line(tmp_path, tiny_csv, capsys):
         exit_on_user_error(load_fer2013_csv, tiny_csv, blocker / "cache")
     assert exited.value.code == 2
     assert_one_error_line(
-        capsys.readouterr().err, ["cannot write the parse cache", "a_file", "data.cache_dir"]
+        capsys.readouterr().err,
+        ["cannot write the parse cache", "a_file", "data.cache_dir", "FER_LIGHTNING_CACHE"],
     )
 
 

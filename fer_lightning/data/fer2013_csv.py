@@ -492,6 +492,7 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
         write_atomically(cache_file, lambda file: np.savez(file, **arrays))
     except OSError as err:
         raise FERUserError(
-            f"cannot write the parse cache {cache_file} ({err.strerror or err}); set "
-            "data.cache_dir to a writable folder, or to null to parse without a cache"
+            f"cannot write the parse cache {cache_file} ({err.strerror or err}); point "
+            "data.cache_dir or the env FER_LIGHTNING_CACHE at a writable folder "
+            "(in train.py data.cache_dir=null parses without a cache)"
         ) from err
