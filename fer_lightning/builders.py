@@ -17,18 +17,24 @@ def resolve_gpus_alias(trainer_cfg: DictConfig) -> DictConfig:
     """Translate the Lightning 1.x `gpus=N` flag into `accelerator`/`devices`.
 
     `gpus=0` means CPU; `gpus=N>0` needs N visible CUDA devices and otherwise fails at once,
-    in one line.
+    in one line, as does `accelerator=gpu` (the `trainer=gpu` preset) without a GPU.
     """
     resolved = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = resolved.pop("gpus", None)
     if gpus is None:
+        if resolved.get("accelerator") in ("gpu", "cuda") and _visible_gpus() == 0:
+            raise FERUserError(
+                f"trainer.accelerator={resolved['accelerator']} (e.g. trainer=gpu) but no GPU "
+                "is available on this machine (torch.cuda.is_available() is False); drop "
+                "trainer=gpu to train on the CPU"
+            )
         return OmegaConf.create(resolved)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise FERUserError(f"trainer.gpus must be a whole number >= 0 (got {gpus!r})")
     if gpus == 0:
         resolved.update(accelerator="cpu", devices=1)
         return OmegaConf.create(resolved)
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = _visible_gpus()
     if available == 0:
         raise FERUserError(
             f"trainer.gpus={gpus} asks for a GPU but no GPU is available on this machine "
@@ -41,6 +47,10 @@ def resolve_gpus_alias(trainer_cfg: DictConfig) -> DictConfig:
         )
     resolved.update(accelerator="gpu", devices=gpus)
     return OmegaConf.create(resolved)
+
+
+def _visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def instantiate_group(group_cfg: DictConfig | None) -> list[Any]:
@@ -57,3 +67,12 @@ def build_trainer(
     return hydra.utils.instantiate(
         resolve_gpus_alias(trainer_cfg), callbacks=callbacks, logger=loggers
     )
+
+
+def check_runs_test_batches(trainer: Trainer, hint: str = "") -> None:
+    """Refuse, before any work, a test limited to no batch: it would leave nothing to report."""
+    if trainer.limit_test_batches == 0:
+        raise FERUserError(
+            f"trainer.limit_test_batches={trainer.limit_test_batches} runs no test batch, so "
+            f"there would be no report{hint}"
+        )

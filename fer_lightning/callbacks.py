@@ -157,7 +157,9 @@ def _flatten_params(params: Mapping[str, Any], parent: str = "") -> dict[str, An
 def log_hparams_with_metrics(
     logger: Logger | None, params: Mapping[str, Any], metrics: Mapping[str, Any]
 ) -> None:
-    """Log flattened ``params`` with final ``metrics`` to TensorBoard's HPARAMS tab.
+    """Log flattened ``params`` with final ``metrics`` to TensorBoard's HPARAMS tab, then close
+    the event file: this is the run's last write, after Lightning finalized the logger (the write
+    reopens it; left open, its flush thread outlives the run, one per multirun job).
 
     Does nothing for other loggers (or None), so callers need not check the logger type.
     """
@@ -165,6 +167,7 @@ def log_hparams_with_metrics(
         return
     final_metrics = {name: float(value) for name, value in metrics.items()}
     logger.log_hyperparams(_flatten_params(params), final_metrics)
+    logger.finalize("success")
 
 
 class EMAWeights(EMAWeightAveraging):

@@ -22,6 +22,8 @@ RUN_CONFIG_KEY = "fer_run_config"
 VAL_METRICS_KEY = "fer_val_metrics"
 # shipped weights carry the test-time augmentation chosen for them on PublicTest
 TTA_KEY = "tta"
+# what Lightning needs to resume a fit; slimmed and shipped weights leave them out
+TRAINING_STATE_KEYS = frozenset({"loops", "optimizer_states", "pytorch-lightning_version"})
 
 
 class StoreRunConfig(Callback):
@@ -135,9 +137,15 @@ def _load_state(
 def check_resumable(
     path: str | os.PathLike, model_cfg: DictConfig, system: LightningModule
 ) -> None:
-    """Fail in one line, before Lightning loads ``path`` to resume, when the file is unreadable or
-    holds another network than the one the config names (or one of another shape)."""
+    """Fail in one line, before Lightning loads ``path`` to resume, when the file is unreadable,
+    holds no training state (shipped or slimmed weights) or holds another network than the one
+    the config names (or one of another shape)."""
     checkpoint = read_checkpoint(path)
+    if pretrained.is_shipped(path) or not checkpoint.keys() >= TRAINING_STATE_KEYS:
+        raise FERUserError(
+            f"{path}: weights only, no training state to resume (ckpt_path resumes a run from its "
+            "last.ckpt); start a new run from these weights with init_weights=<it> instead"
+        )
     stored_net = run_config(checkpoint).model.net._target_
     if stored_net != model_cfg.net._target_:
         raise FERUserError(

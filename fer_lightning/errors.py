@@ -14,3 +14,11 @@ class FERUserError(Exception):
 
 class DataFormatError(FERUserError):
     """A data file breaking its format; the message names file, line, field and value."""
+
+
+def check_whole_number(name: str, value: object, minimum: int) -> int:
+    """``value`` when it is a whole number >= ``minimum`` (neither a bool nor 2.5), else a one-line
+    error naming the setting ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FERUserError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from pytorch_lightning import LightningModule
 
-from fer_lightning.builders import build_trainer
+from fer_lightning.builders import build_trainer, check_runs_test_batches
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
@@ -52,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict:
         }
     datamodule = datamodule_from_checkpoint(first, data_overrides)
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
+    check_runs_test_batches(trainer)
     trainer.test(system, dataloaders=datamodule.dataloader(cfg.split), verbose=False)
 
     report = publish_report(

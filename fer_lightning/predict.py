@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error, hydra_quoted
 from fer_lightning.config import CONF_DIR
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.files import write_atomically
 from fer_lightning.inference import Classifier, load_classifier
 
@@ -76,7 +76,17 @@ class HaarFaceDetector:
         min_neighbors: int = 5,
         min_size: int = 30,
     ) -> None:
-        """``cascade`` is a file path or the name of one of ``cv2.data.haarcascades``."""
+        """``cascade`` is a file path or the name of one of ``cv2.data.haarcascades``; the other
+        settings are checked here, since OpenCV would reject them only on the first frame, with
+        an assertion message."""
+        if (
+            isinstance(scale_factor, bool)
+            or not isinstance(scale_factor, int | float)
+            or not (scale_factor > 1)
+        ):
+            raise FERUserError(f"detector.scale_factor must be a number > 1, got {scale_factor!r}")
+        check_whole_number("detector.min_neighbors", min_neighbors, 0)
+        check_whole_number("detector.min_size", min_size, 1)
         path = Path(cascade).expanduser()
         if not path.is_file():
             path = Path(cv2.data.haarcascades) / cascade
@@ -154,8 +164,7 @@ class FacePredictor:
         batch_size: int = 64,
     ) -> None:
         """``detector=None`` takes every frame as one face crop (box = the whole image)."""
-        if batch_size < 1:
-            raise FERUserError(f"batch_size must be >= 1, got {batch_size}")
+        check_whole_number("batch_size", batch_size, 1)
         if margin < 0:
             raise FERUserError(f"margin must be >= 0, got {margin}")
         self.classifier = classifier
@@ -528,8 +537,8 @@ def predict(cfg: DictConfig) -> Path:
     """Classify every face of ``cfg.source``; write predictions.jsonl (and annotated files)."""
     source = parse_source(cfg.source)
     live = isinstance(source, int)
-    if cfg.max_frames is not None and cfg.max_frames < 0:
-        raise FERUserError(f"max_frames must be >= 0 or null, got {cfg.max_frames}")
+    if cfg.max_frames is not None:
+        check_whole_number("max_frames (or null)", cfg.max_frames, 0)
     output_dir = Path(cfg.paths.output_dir)
     output = Path(cfg.output or output_dir / "predictions.jsonl").expanduser()
     if output.is_dir():

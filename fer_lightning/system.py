@@ -22,12 +22,12 @@ from torchmetrics.classification import (
 )
 
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, first_line
+from fer_lightning.report import SCORES
 from fer_lightning.tta import tta_log_probabilities
 
 SCHEDULER_INTERVALS = ("epoch", "step")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
 # Labels are checked when the data is read; torchmetrics' own per-batch check of them (a
@@ -185,6 +185,15 @@ class FERSystem(pl.LightningModule):
                 f"model.compile_mode={compile_mode!r} must be null or one of {COMPILE_MODES}"
             )
 
+    def logged_metric_names(self) -> set[str]:
+        """The metrics a fit logs, which callbacks and schedulers may monitor: each stage's loss,
+        accuracy and macro-F1, val's best-so-far scores and per-class scores."""
+        summary = ("loss", "acc", "f1_macro")
+        names = {f"{stage}/{name}" for stage in ("train", "val") for name in summary}
+        names |= {"val/acc_best", "val/f1_macro_best"}
+        names |= {f"val/{metric}/{name}" for metric in SCORES for name in self.hparams.class_names}
+        return names
+
     def on_fit_start(self) -> None:
         """With ``compile_mode`` set, compile the net for this fit (torch.compile, in place: the
         state_dict keys stay the net's own, so checkpoints load into an eager net). Lightning runs
@@ -301,7 +310,7 @@ class FERSystem(pl.LightningModule):
         )
         per_class = {
             f"{stage}/{metric}/{name}": values[f"{stage}/{metric}"][index]
-            for metric in PER_CLASS_METRICS
+            for metric in SCORES
             for index, name in enumerate(self.hparams.class_names)
         }
         self.log_dict(per_class, sync_dist=True)
@@ -326,7 +335,10 @@ class FERSystem(pl.LightningModule):
                 "model.optimizer is not set: training needs an optimizer "
                 "(a system without one can only evaluate or predict)"
             )
-        optimizer = self.optimizer_factory(params=self.parameters())
+        try:
+            optimizer = self.optimizer_factory(params=self.parameters())
+        except ValueError as err:  # torch's checks of lr, betas, weight_decay, ...
+            raise FERUserError(f"model.optimizer: {first_line(err)}") from err
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         interval = self.hparams.scheduler_interval

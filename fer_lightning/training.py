@@ -12,9 +12,13 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
 
-from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
+from fer_lightning.builders import (
+    build_trainer,
+    check_runs_test_batches,
+    instantiate_group,
+    resolve_gpus_alias,
+)
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import (
     VAL_METRICS_KEY,
@@ -22,16 +26,19 @@ from fer_lightning.checkpoint import (
     check_resumable,
     load_net_weights,
 )
-from fer_lightning.errors import FERUserError
+from fer_lightning.cli import in_multirun
+from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.report import publish_report
 
 log = logging.getLogger(__name__)
+# counters Lightning's ModelCheckpoint may monitor besides the logged metrics
+EPOCH_COUNTERS = frozenset({"epoch", "step"})
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the configured system and return its metrics (val during fit, test after)."""
     if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+        pl.seed_everything(check_whole_number("seed", cfg.seed, 0), workers=True)
 
     trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
@@ -49,7 +56,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_config = resolved_run_config(cfg)
     callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
     loggers = instantiate_group(cfg.get("logger"))
+    if cfg.get("train"):
+        check_monitors(callbacks, system)
     trainer = build_trainer(trainer_cfg, callbacks, loggers)
+    if cfg.get("test"):
+        check_runs_test_batches(trainer, "; set test=false to skip the test")
 
     metrics: dict[str, float] = {}
     if cfg.get("train"):
@@ -77,8 +88,35 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         metrics.update(_floats(trainer.callback_metrics))
         if trainer.is_global_zero:
-            _write_test_report(cfg, trainer, system, datamodule, best_path, metrics, loggers)
+            _write_test_report(
+                cfg, trainer, system, datamodule, best_path, metrics, loggers, run_config
+            )
     return metrics
+
+
+def check_monitors(callbacks: list[Any], system: pl.LightningModule) -> None:
+    """Before the fit, refuse a checkpoint/early-stopping/scheduler monitor the system never
+    logs (Lightning would stop with a traceback after the first epoch), and a mode that keeps
+    the worst epoch (a loss maximised, a score minimised)."""
+    logged = system.logged_metric_names()
+    watched = [("model.scheduler_monitor", system.hparams.scheduler_monitor, None)]
+    watched += [
+        (f"callbacks: {type(callback).__name__}.monitor", callback.monitor, callback.mode)
+        for callback in callbacks
+        if getattr(callback, "monitor", None) is not None
+    ]
+    for setting, monitor, mode in watched:
+        if monitor not in logged | EPOCH_COUNTERS:
+            raise FERUserError(
+                f"{setting}={monitor!r} is not a metric this run logs; "
+                f"choose one of {', '.join(sorted(logged | EPOCH_COUNTERS))}"
+            )
+        best = "min" if monitor.endswith("loss") else "max"
+        if mode is not None and monitor not in EPOCH_COUNTERS and mode != best:
+            raise FERUserError(
+                f"{setting}={monitor!r} with mode={mode!r} would keep the worst epoch; "
+                f"set callbacks.model_checkpoint.mode={best} (early stopping follows it)"
+            )
 
 
 def _check_untrained_test(cfg: DictConfig) -> None:
@@ -116,6 +154,7 @@ def _write_test_report(
     best_path: str,
     metrics: dict[str, float],
     loggers: list[Any],
+    run_config: dict[str, Any],
 ) -> None:
     """metrics.json, the text report and the confusion matrix of the test split, in the run dir.
 
@@ -150,8 +189,7 @@ def _write_test_report(
         {f"hp/val_{key}": val_metrics[key] for key in ("acc", "f1_macro") if key in val_metrics}
     )
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            log_hparams_with_metrics(logger, resolved_run_config(cfg), final)
+        log_hparams_with_metrics(logger, run_config, final)
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -179,8 +217,11 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train_for_sweep(cfg: DictConfig) -> float | None:
-    """Train, then return the metric a sweep optimises (``optimized_metric``, None when unset)."""
-    return metric_value(train(cfg), cfg.get("optimized_metric"))
+    """Train, then return the metric a sweep optimises (``optimized_metric``; None when unset,
+    and outside a sweep, where nobody reads it: a run that fits nothing, e.g. ``train=false``,
+    logs no ``val/acc_best``)."""
+    metrics = train(cfg)
+    return metric_value(metrics, cfg.get("optimized_metric")) if in_multirun() else None
 
 
 def metric_value(metrics: dict[str, float], name: str | None) -> float | None:

@@ -8,10 +8,14 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import DictConfig
+from PIL import Image
 
+from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import ROOT, compose_config
 from fer_lightning.data.ferplus import VOTE_COLUMNS
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
@@ -97,13 +101,11 @@ def trained_checkpoint(trained_run: Path) -> Path:
     return trained_run / "checkpoints" / "best.ckpt"
 
 
-def run_script(
-    script: str, *args: str, cwd: Path = ROOT, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run train.py/evaluate.py in a fresh interpreter, as a user would, capturing its output."""
+def _run_python(*argv: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`python <argv>` in a fresh interpreter, as a user runs it, capturing its output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
+        [sys.executable, *argv],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -111,6 +113,49 @@ def run_script(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run a script of the repository (train.py, benchmarks/...) in a fresh interpreter."""
+    return _run_python(str(ROOT / script), *args, cwd=cwd, timeout=timeout)
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = ROOT, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`python -m <module> ...` in a fresh interpreter from the repository root."""
+    return _run_python("-m", module, *args, cwd=cwd, timeout=timeout)
+
+
+def confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: int = 7) -> np.ndarray:
+    """The (true, predicted) count matrix of ``labels`` against ``predictions``."""
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels.numpy(), predictions.numpy()), 1)
+    return matrix
+
+
+# one valid fer2013 row of each split, pixels 0..255 repeating
+PIXELS = " ".join(str(value) for value in np.arange(2304) % 256)
+HEADER = "emotion,pixels,Usage"
+VALID_ROWS = [f"3,{PIXELS},Training", f"0,{PIXELS},PublicTest", f"6,{PIXELS},PrivateTest"]
+
+
+def write_folders(root: Path, per_class: int = 5) -> dict[str, dict[str, np.ndarray]]:
+    """Random 48x48 PNGs in the Kaggle layout (class folder names in mixed case): ``per_class``
+    training and 2 test images per class, returned by split and "label/index"."""
+    rng = np.random.default_rng(0)
+    written: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    for split in written:
+        for label, name in enumerate(EMOTIONS):
+            folder = root / split / (name.lower() if label % 2 else name.upper())
+            folder.mkdir(parents=True)
+            for index in range(per_class if split == "train" else 2):
+                pixels = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+                written[split][f"{label}/{index}"] = pixels
+    return written
 
 
 def ferplus_votes(**counts: int) -> list[int]:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
@@ -21,8 +20,7 @@ from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import build_data_and_system, train
-from tests.conftest import LIMITED_RUN, compose_config, run_script
-from tests.test_data import write_folders
+from tests.conftest import LIMITED_RUN, compose_config, run_script, write_folders
 
 
 def _options(group: str) -> list[str]:
@@ -100,12 +98,7 @@ def test_synthetic_data_config(tmp_path):
 
 def test_folders_data_config(tmp_path):
     root = tmp_path / "folders"
-    for split, per_class in (("train", 5), ("test", 2)):
-        for label, name in enumerate(EMOTIONS):
-            folder = root / split / name.lower()
-            folder.mkdir(parents=True)
-            for index in range(per_class):
-                Image.new("L", (48, 48), color=label * 30 + index).save(folder / f"{index}.png")
+    write_folders(root)
     cfg = compose_config(
         "train",
         tmp_path / "run",
@@ -137,25 +130,41 @@ def test_image_folder_checkpoint_evaluates_from_the_folder_on_this_machine(tmp_p
 
 
 def test_every_augment_knob_is_declared_and_overridable(tmp_path):
-    """Each BatchAugment knob is in the data config, so a plain `data.augment.<knob>=` works."""
+    """Each BatchAugment knob is in the data config, so a plain `data.augment.<knob>=` reaches
+    the augmentation."""
     declared = compose_config("train", tmp_path / "run", ["data=fer2013"]).data.augment
     assert set(declared) == set(AUGMENT_KNOBS)
-    overrides = {
+    overrides = {  # every knob: the moving ones off but pad_crop, zoom and erasing
         "random_resized_crop_scale": "null",
         "pad_crop": "4",
+        "hflip": "0",
+        "affine_degrees": "0",
+        "affine_translate": "0",
         "affine_scale": "[0.9,1.1]",
         "random_erasing": "0.5",
+        "mixup_alpha": "0",
+        "cutmix_alpha": "0",
     }
+    assert set(overrides) == set(AUGMENT_KNOBS)
     cfg = compose_config(
         "train",
         tmp_path / "run",
         ["data=fer2013", *(f"data.augment.{knob}={value}" for knob, value in overrides.items())],
     )
     augment = BatchAugment(OmegaConf.to_container(cfg.data.augment))
-    images = torch.zeros(4, 1, 48, 48)
-    shifted, _ = augment(images, torch.zeros(4, dtype=torch.int64))
-    assert shifted.shape == images.shape
-    assert cfg.data.augment.pad_crop == 4 and list(cfg.data.augment.affine_scale) == [0.9, 1.1]
+    assert (augment.crop_scale, augment.pad_crop, augment.zoom, augment.erasing) == (
+        None,
+        4,
+        (0.9, 1.1),
+        0.5,
+    )
+    assert (augment.hflip, augment.degrees, augment.translate, augment.mix) == (0, 0, 0, None)
+    images = torch.linspace(-1, 1, 4 * 48 * 48).reshape(4, 1, 48, 48)
+    labels = torch.arange(4)
+    torch.manual_seed(0)
+    augmented, same_labels = augment(images, labels)
+    assert all(not torch.allclose(out, image) for out, image in zip(augmented, images, strict=True))
+    assert torch.equal(same_labels, labels)  # no mixing: the labels stay class indices
 
 
 @pytest.mark.parametrize("trainer", _options("trainer"))
@@ -200,10 +209,20 @@ def test_evaluate_config_composes(tmp_path):
     ],
     ids=["zero-means-cpu", "unset-keeps-accelerator-and-devices"],
 )
-def test_gpus_alias_without_a_gpu_count(train_cfg, overrides, expected):
+def test_gpus_alias_without_a_gpu_count(train_cfg, overrides, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     resolved = resolve_gpus_alias(train_cfg(*overrides).trainer)
     assert (resolved.accelerator, resolved.devices) == expected
     assert "gpus" not in resolved
+
+
+@pytest.mark.parametrize(("value", "shown"), [("-1", "-1"), ("true", "True"), ("1.5", "1.5")])
+def test_gpus_alias_that_is_no_whole_number_is_a_user_error(train_cfg, value, shown):
+    """trainer.gpus takes a count of GPUs: negatives, booleans and fractions are refused."""
+    message = rf"trainer\.gpus must be a whole number >= 0 \(got {shown}\)"
+    with pytest.raises(FERUserError, match=message):
+        resolve_gpus_alias(train_cfg(f"trainer.gpus={value}").trainer)
 
 
 def test_gpus_alias_maps_to_gpu_devices(train_cfg, monkeypatch):
@@ -219,6 +238,9 @@ def test_gpus_alias_without_gpu_is_one_clear_error(train_cfg, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(FERUserError, match="no GPU is available"):
         resolve_gpus_alias(train_cfg("trainer.gpus=1").trainer)
+    # the GPU preset, without the alias: the same line, not Lightning's traceback at fit time
+    with pytest.raises(FERUserError, match=r"trainer\.accelerator=gpu .* no GPU is available"):
+        resolve_gpus_alias(train_cfg("trainer=gpu").trainer)
 
 
 @pytest.mark.skipif(

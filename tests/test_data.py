@@ -34,11 +34,9 @@ from fer_lightning.data import (
 )
 from fer_lightning.data.synthetic import FER2013_TRAINING_COUNTS, class_counts_for
 from fer_lightning.errors import DataFormatError, FERUserError
+from tests.conftest import HEADER, PIXELS, VALID_ROWS, write_folders
 
 SIZES = {"num_train": 70, "num_val": 14, "num_test": 14}
-PIXELS = " ".join(str(value) for value in np.arange(2304) % 256)
-HEADER = "emotion,pixels,Usage"
-VALID_ROWS = [f"3,{PIXELS},Training", f"0,{PIXELS},PublicTest", f"6,{PIXELS},PrivateTest"]
 
 
 @pytest.fixture(scope="module")
@@ -397,21 +395,6 @@ def test_folder_split_that_leaves_a_split_empty_is_one_line(tmp_path, val_fracti
 # --------------------------------------------------------------------------------- image folders
 
 
-def write_folders(root: Path, per_class: int = 5) -> dict[str, dict[str, np.ndarray]]:
-    """Random 48x48 PNGs in the Kaggle layout (class folder names in mixed case)."""
-    rng = np.random.default_rng(0)
-    written: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
-    for split in written:
-        for label, name in enumerate(EMOTIONS):
-            folder = root / split / (name.lower() if label % 2 else name.upper())
-            folder.mkdir(parents=True)
-            for index in range(per_class if split == "train" else 2):
-                pixels = rng.integers(0, 256, (48, 48), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index:03d}.png")
-                written[split][f"{label}/{index}"] = pixels
-    return written
-
-
 def test_folders_round_trip(tmp_path: Path) -> None:
     written = write_folders(tmp_path)
     splits = load_fer2013_folders(tmp_path, val_fraction=0.2, seed=42)
@@ -513,6 +496,75 @@ def test_batch_augment_every_knob_is_random_per_image_and_seeded(in_channels: in
     assert ((zero_share >= 0.02 * 0.9) & (zero_share <= 0.34)).all()
 
 
+def _coordinate_ramps(size: int = 16) -> torch.Tensor:
+    """``size`` identical (2, 48, 48) images whose channels are the x and the y of each pixel's
+    centre in grid_sample's [-1, 1] coordinates: an augmented image shows where it sampled."""
+    centres = (torch.arange(IMAGE_SIZE, dtype=torch.float32) * 2 + 1) / IMAGE_SIZE - 1
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([x, y]).expand(size, -1, -1, -1).contiguous()
+
+
+def _sampled_linear_maps(augmented: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 2) linear parts of the maps from output to input coordinates of augmented
+    coordinate ramps, read off the central pixels (which sample inside the image, where
+    bilinear sampling of a ramp is exact)."""
+    low, high = 12, 35
+    span = (high - low) * 2 / IMAGE_SIZE
+    central = augmented[..., low : high + 1, low : high + 1]
+    d_dx = (central[..., :, -1] - central[..., :, 0]).mean(-1) / span
+    d_dy = (central[..., -1, :] - central[..., 0, :]).mean(-1) / span
+    return torch.stack([d_dx, d_dy], dim=-1)
+
+
+def test_batch_augment_random_crop_zooms_each_image_within_its_area_range() -> None:
+    """random_resized_crop_scale alone: each image shows a crop of its own size, whose area
+    share and aspect stay within the configured and torchvision's ranges."""
+    torch.manual_seed(0)
+    cropped, _ = BatchAugment({"random_resized_crop_scale": [0.5, 0.7]})(
+        _coordinate_ramps(), torch.zeros(16, dtype=torch.int64)
+    )
+    maps = _sampled_linear_maps(cropped)
+    widths, heights = maps[:, 0, 0], maps[:, 1, 1]
+    torch.testing.assert_close(maps[:, 0, 1], torch.zeros(16), atol=1e-4, rtol=0)  # no turn
+    areas = widths * heights
+    assert ((areas > 0.5 - 1e-4) & (areas < 0.7 + 1e-4)).all(), areas
+    aspects = widths / heights
+    assert ((aspects > 3 / 4 - 1e-4) & (aspects < 4 / 3 + 1e-4)).all(), aspects
+    assert len(set(areas.round(decimals=3).tolist())) == 16  # a crop per image
+
+
+def test_batch_augment_hflip_flips_each_image_on_its_own_draw() -> None:
+    """hflip=0.5 on 64 distinct images: some come out mirrored, exactly, and some untouched."""
+    images, labels = _batch(size=64)
+    torch.manual_seed(0)
+    out, _ = BatchAugment({"hflip": 0.5})(images, labels)
+    flipped = []
+    for image, result in zip(images, out, strict=True):
+        if torch.allclose(result, image.flip(-1), atol=1e-5):
+            flipped.append(True)
+        else:
+            torch.testing.assert_close(result, image, atol=1e-5, rtol=0)
+            flipped.append(False)
+    assert 0 < sum(flipped) < 64, sum(flipped)
+
+
+def test_batch_augment_rotation_turns_identical_images_by_different_angles() -> None:
+    """affine_degrees alone: identical inputs come out turned by a different angle each, all
+    within the configured range."""
+    torch.manual_seed(0)
+    turned, _ = BatchAugment({"affine_degrees": 10})(
+        _coordinate_ramps(), torch.zeros(16, dtype=torch.int64)
+    )
+    maps = _sampled_linear_maps(turned)
+    angles = torch.atan2(maps[:, 1, 0], maps[:, 0, 0]).rad2deg()
+    torch.testing.assert_close(maps[:, 0, 0], maps[:, 1, 1], atol=1e-4, rtol=0)  # no zoom
+    assert (angles.abs() <= 10 + 1e-3).all(), angles
+    assert len(set(angles.round(decimals=2).tolist())) == 16, angles
+    assert all(
+        not torch.allclose(turned[i], turned[j]) for i in range(16) for j in range(i + 1, 16)
+    )
+
+
 @pytest.mark.parametrize("knob", ["mixup_alpha", "cutmix_alpha"])
 def test_batch_augment_mixing_gives_probability_targets(knob: str) -> None:
     images, labels = _batch()
@@ -556,7 +608,9 @@ def test_loaders_pin_memory_when_asked_or_by_default_when_training_on_a_gpu(
     module = FER2013DataModule(str(synthetic_csv), pin_memory=pin_memory)
     if device is not None:  # what the loaders read of the trainer attached by Lightning
         module.trainer = SimpleNamespace(
-            strategy=SimpleNamespace(root_device=torch.device(device)), training=False
+            strategy=SimpleNamespace(root_device=torch.device(device)),
+            training=False,
+            world_size=1,
         )
     assert module.train_dataloader().pin_memory is pinned
     assert module.val_dataloader().pin_memory is pinned
@@ -597,6 +651,30 @@ def test_csv_datamodule_batches_counts_and_weights(synthetic_csv: Path, tmp_path
     assert torch.load(saved, weights_only=True)["augment"]["affine_scale"] == [0.9, 1.1]
 
 
+def test_train_loader_shuffles_every_pass_and_eval_loaders_keep_file_order(
+    synthetic_csv: Path, tmp_path: Path
+) -> None:
+    """Training batches come in a new random order each pass; val and test in file order."""
+    module = FER2013DataModule(
+        str(synthetic_csv), cache_dir=str(tmp_path / "cache"), batch_size=16, in_channels=3
+    )
+
+    def row_order(loader, split: str) -> list[int]:
+        rows = {bytes(image): row for row, image in enumerate(module.split_arrays(split).images)}
+        assert len(rows) == len(module.split_arrays(split).images), "setup: distinct images"
+        images = torch.cat([x for x, _ in loader])[:, 0]
+        pixels = ((images + 1) * 127.5).round().to(torch.uint8).numpy()
+        return [rows[bytes(image)] for image in pixels]
+
+    torch.manual_seed(0)
+    first = row_order(module.train_dataloader(), "train")
+    second = row_order(module.train_dataloader(), "train")
+    assert sorted(first) == sorted(second) == list(range(SIZES["num_train"]))
+    assert first != sorted(first) and second != first
+    assert row_order(module.val_dataloader(), "val") == list(range(SIZES["num_val"]))
+    assert row_order(module.test_dataloader(), "test") == list(range(SIZES["num_test"]))
+
+
 def test_datamodule_augments_only_training_batches_after_transfer(
     synthetic_csv: Path, tmp_path: Path
 ) -> None:
@@ -612,15 +690,26 @@ def test_datamodule_augments_only_training_batches_after_transfer(
     torch.testing.assert_close(images, batch[0].flip(-1))
     assert torch.equal(labels, batch[1])
     assert module.on_after_batch_transfer(example_input, 0) is example_input
-    with pytest.raises(FERUserError, match="augment pad_crop: invalid value -1"):
-        FER2013DataModule(str(synthetic_csv), augment={"pad_crop": -1})
+    for pad_crop in (-1, 2.7):  # not truncated to 2
+        with pytest.raises(
+            FERUserError, match=f"augment pad_crop must be a whole number >= 0, got {pad_crop}"
+        ):
+            FER2013DataModule(str(synthetic_csv), augment={"pad_crop": pad_crop})
 
 
 def test_datamodule_rejects_bad_settings(synthetic_csv: Path) -> None:
     with pytest.raises(FERUserError, match=r"unknown data\.class_weighting 'inverse'"):
         FER2013DataModule(str(synthetic_csv), class_weighting="inverse")
-    with pytest.raises(FERUserError, match="batch sizes must be >= 1"):
-        FER2013DataModule(str(synthetic_csv), batch_size=0)
+    for setting, value, minimum in [
+        ("batch_size", 0, 1),
+        ("batch_size", 2.5, 1),
+        ("eval_batch_size", 0, 1),
+        ("num_workers", -1, 0),
+        ("num_workers", True, 0),
+    ]:
+        message = f"data.{setting} must be a whole number >= {minimum}, got {value}"
+        with pytest.raises(FERUserError, match=message):
+            FER2013DataModule(str(synthetic_csv), **{setting: value})
     with pytest.raises(FERUserError, match="unknown split 'dev'"):
         FER2013DataModule(str(synthetic_csv)).dataloader("dev")
 

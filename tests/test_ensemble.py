@@ -28,8 +28,7 @@ from fer_lightning.inference import load_classifier
 from fer_lightning.report import classification_report
 from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
-from tests.test_predict import run_module
-from tests.test_tta import confusion
+from tests.conftest import confusion, run_module
 
 # a 3-channel member (seed 004's net, gray replicated) whose shipped TTA is tencrop
 THREE_CHANNEL_MEMBER = "pretrained:deep"
@@ -210,10 +209,14 @@ def test_choose_ensemble_refuses_candidates_of_other_classes(trained_checkpoint,
 def test_the_printed_command_quotes_paths_hydra_would_misread():
     tool = choose_ensemble_module()
     command = tool.evaluate_command(
-        ["pretrained:vgg", "runs/a b,c/best.ckpt"], {"csv_path": "d/x.csv", "ferplus_csv": None}
+        ["pretrained:vgg", "runs/a b,c/best.ckpt", "~/runs/best.ckpt"],
+        {"csv_path": "~/x.csv", "ferplus_csv": None},
     )
     assert command == (
-        "python evaluate.py ckpt_path=[pretrained:vgg,'runs/a b,c/best.ckpt'] data.csv_path=d/x.csv"
+        "python evaluate.py ckpt_path=[pretrained:vgg,'runs/a b,c/best.ckpt','~/runs/best.ckpt'] "
+        "data.csv_path='~/x.csv'"
     )
-    parsed = OverridesParser.create().parse_overrides([command.split(" ", 2)[2].rsplit(" ", 1)[0]])
-    assert parsed[0].value() == ["pretrained:vgg", "runs/a b,c/best.ckpt"]
+    overrides = command.split(" ", 2)[2].rsplit(" ", 1)
+    members, csv = OverridesParser.create().parse_overrides(overrides)
+    assert members.value() == ["pretrained:vgg", "runs/a b,c/best.ckpt", "~/runs/best.ckpt"]
+    assert csv.value() == "~/x.csv"

@@ -14,11 +14,12 @@ from omegaconf import ListConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer_lightning import explore as explore_module
+from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.explore import explore, image_indices, read_epoch_metrics
-from tests.test_predict import run_module
+from tests.conftest import run_module
 
 DATA_FIGURES = ("examples_per_emotion", "one_per_emotion", "class_distribution", "mean_faces")
 MODEL_FIGURES = ("training_curves", "prediction_panels", "confident_mistakes")
@@ -107,6 +108,28 @@ def test_epoch_metrics_take_each_epochs_logged_values(tmp_path):
     assert list(epochs.index) == [0, 1]
     np.testing.assert_allclose(epochs["train/loss"], [1.95, 1.85])
     np.testing.assert_allclose(epochs["val/acc"], [0.30, 0.40])
+
+
+def test_confident_mistakes_are_the_surest_wrong_predictions_surest_first():
+    """plot_confident_mistakes shows only wrong predictions, the most confident ones, in
+    descending confidence, each with its own image and labels."""
+    images = np.zeros((6, 48, 48), np.uint8)
+    images.reshape(6, -1)[np.arange(6), np.arange(6)] = 255  # image i: one bright pixel at i
+    labels = np.arange(6, dtype=np.int64)
+    # (predicted class, its probability) per image; images 0 and 3 are right
+    predictions = [(0, 0.99), (3, 0.60), (0, 0.90), (3, 0.50), (1, 0.75), (6, 0.40)]
+    probabilities = np.empty((6, 7))
+    for row, (predicted, confidence) in enumerate(predictions):
+        probabilities[row] = (1 - confidence) / 6
+        probabilities[row, predicted] = confidence
+    figure = explore_module.plot_confident_mistakes(
+        SplitArrays(images, labels), probabilities, list(EMOTIONS), 3, "val"
+    )
+    shown = [int(axes.images[0].get_array().argmax()) for axes in figure.axes if axes.images]
+    assert shown == [2, 4, 1]
+    titles = [axes.get_title() for axes in figure.axes if axes.images]
+    assert titles == ["Angry (0.90)\n/ Fear", "Disgust (0.75)\n/ Sad", "Happy (0.60)\n/ Disgust"]
+    assert "4 of 6 wrong" in figure.get_suptitle()
 
 
 def test_one_image_index_is_a_list_of_one():

@@ -34,7 +34,7 @@ from fer_lightning.inference import (
 from fer_lightning.models import BaselineCNN, DeepConcatNet
 from fer_lightning.predict import predict
 from fer_lightning.pretrained.__main__ import ship
-from tests.test_predict import run_module
+from tests.conftest import run_module
 
 PARITY = 1e-4
 

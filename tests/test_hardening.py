@@ -26,10 +26,19 @@ from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.resilience import AtomicCheckpointIO
-from fer_lightning.training import train
-from tests.conftest import ROOT, TINY_SPLIT_SIZES, compose_config, run_script, tiny_data_overrides
-from tests.test_data import HEADER, PIXELS, VALID_ROWS, write_folders
-from tests.test_predict import run_module
+from fer_lightning.training import metric_value, train
+from tests.conftest import (
+    HEADER,
+    PIXELS,
+    ROOT,
+    TINY_SPLIT_SIZES,
+    VALID_ROWS,
+    compose_config,
+    run_module,
+    run_script,
+    tiny_data_overrides,
+    write_folders,
+)
 
 # one short epoch: enough to write best.ckpt and last.ckpt
 SHORT_RUN = (
@@ -187,7 +196,7 @@ def test_config_mistake_inside_instantiation_is_one_line(train_cfg, capsys):
     with pytest.raises(SystemExit) as exited:
         exit_on_user_error(train, train_cfg("data.batch_size=0"))
     assert exited.value.code == 2
-    assert_one_error_line(capsys.readouterr().err, ["batch_size=0"])
+    assert_one_error_line(capsys.readouterr().err, ["data.batch_size", "got 0"])
 
 
 def test_a_required_setting_left_out_is_one_line(tmp_path, capsys):
@@ -424,10 +433,42 @@ def test_multirun_goes_on_after_a_failed_job_and_names_it(tmp_path, tiny_csv):
         assert json.loads((tmp_path / job / "metrics.json").read_text())["split"] == "test"
         assert not (tmp_path / job / "FAILED").exists()
     failed = (tmp_path / "1" / "FAILED").read_text()
-    assert "data.batch_size=0" in failed and "batch_size=0" in failed.splitlines()[1]
+    assert "data.batch_size=0" in failed and "got 0" in failed.splitlines()[1]
     assert not (tmp_path / "1" / "metrics.json").exists()
     summary = result.stderr[result.stderr.index("error: 1 multirun job(s) failed") :]
     assert "job 1 (data.batch_size=0" in summary and str(tmp_path / "1" / "FAILED") in summary
+
+
+def test_failed_markers_of_an_earlier_sweep_do_not_fail_the_next_one(tmp_path, tiny_csv):
+    """A sweep into a folder where an earlier sweep's job failed: its FAILED markers are
+    cleared, so a sweep whose jobs all succeed exits 0."""
+    for job in ("0", "1"):  # the job this sweep reruns, and one it does not
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "FAILED").write_text("job 0 (data.batch_size=0)\nbatch_size=0\n")
+    result = run_script(
+        "train.py",
+        "-m",
+        "data.batch_size=32",
+        "debug=fdr",
+        *sweep_data_overrides(tiny_csv),
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "0" / "metrics.json").read_text())["split"] == "test"
+    assert not list(tmp_path.rglob("FAILED"))
+    assert "failed" not in result.stderr
+
+
+def test_optimized_metric_that_was_not_logged_is_a_user_error():
+    """A sweep's optimized_metric must be one the run logged; the error lists those it did."""
+    logged = {"val/acc": 0.5, "train/loss": 1.2}
+    assert metric_value(logged, "val/acc") == 0.5
+    assert metric_value(logged, None) is None
+    with pytest.raises(
+        FERUserError,
+        match=r"optimized_metric='val/f1' was not logged; logged metrics: train/loss, val/acc$",
+    ):
+        metric_value(logged, "val/f1")
 
 
 def test_optuna_sweep_marks_a_failed_trial_and_goes_on(tmp_path, tiny_csv):
@@ -484,9 +525,11 @@ def test_same_seed_with_worker_processes_gives_identical_metrics_json(tmp_path, 
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
-    """trainer=ddp with two gloo processes: metrics synced over both, one report, and the
-    checkpoint evaluates on one device."""
-    csv_path = write_synthetic_fer2013_csv(tmp_path / "ddp.csv", seed=5, **TINY_SPLIT_SIZES)
+    """trainer=ddp with two gloo processes: metrics synced over both, one report in which every
+    test image counts once (an odd split: no padding by repeated images), and the checkpoint
+    evaluates on one device to the same scores."""
+    sizes = {**TINY_SPLIT_SIZES, "num_test": TINY_SPLIT_SIZES["num_test"] + 1}
+    csv_path = write_synthetic_fer2013_csv(tmp_path / "ddp.csv", seed=5, **sizes)
     run_dir = tmp_path / "run"
     result = run_script(
         "train.py",
@@ -501,13 +544,14 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["support"] == TINY_SPLIT_SIZES["num_test"]  # both halves of the test split
+    assert sizes["num_test"] % 2 == 1 and metrics["support"] == sizes["num_test"]
     report = evaluate(
         compose_config(
             "evaluate", tmp_path / "eval", [f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"]
         )
     )
     assert report["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert report["per_class"] == metrics["per_class"]
 
 
 def test_multi_node_and_slurm_launcher_configs_compose(tmp_path, tiny_csv):

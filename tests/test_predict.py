@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -27,10 +24,10 @@ from fer_lightning.checkpoint import (
     system_from_checkpoint,
 )
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
-from fer_lightning.inference import load_classifier
+from fer_lightning.inference import TorchClassifier, load_classifier
 from fer_lightning.predict import (
     AnnotatedWriter,
     FacePredictor,
@@ -46,6 +43,7 @@ from fer_lightning.predict import (
     source_files,
     write_predictions,
 )
+from tests.conftest import run_module
 
 FACE_SIDE = 160  # synthetic 48x48 faces are upscaled to this in generated scenes
 FACE_TOP = 40
@@ -144,6 +142,43 @@ def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, 
     for line, row in zip(lines, expected, strict=True):
         assert_valid_prediction(line)
         np.testing.assert_allclose(list(line["probabilities"].values()), row, atol=1e-6)
+
+
+def test_out_of_range_predict_options_are_user_errors(tmp_path):
+    """batch_size < 1 or fractional, a negative margin, max_frames < 0 and detector settings
+    OpenCV would reject on the first frame are refused with the value named; max_frames before
+    the checkpoint is even read."""
+    classifier = TorchClassifier(torch.nn.Flatten(), EMOTIONS, in_channels=1)
+    for batch_size in (0, 2.5):
+        expected = f"batch_size must be a whole number >= 1, got {batch_size}"
+        with pytest.raises(FERUserError, match=expected):
+            FacePredictor(classifier, detector=None, batch_size=batch_size)
+    with pytest.raises(FERUserError, match=r"margin must be >= 0, got -0\.1"):
+        FacePredictor(classifier, detector=None, margin=-0.1)
+    cfg = predict_cfg(tmp_path / "run", tmp_path, tmp_path / "absent.ckpt", "max_frames=-1")
+    expected = r"max_frames \(or null\) must be a whole number >= 0, got -1"
+    with pytest.raises(FERUserError, match=expected):
+        predict(cfg)
+    for setting, value, expected in [
+        ("scale_factor", 1.0, "a number > 1"),
+        ("min_neighbors", -1, "a whole number >= 0"),
+        ("min_size", 2.5, "a whole number >= 1"),
+    ]:
+        message = f"detector.{setting} must be {expected}, got {value}"
+        with pytest.raises(FERUserError, match=message):
+            HaarFaceDetector(**{setting: value})
+
+
+def test_classifier_takes_only_uint8_48x48_faces():
+    """Classifier.preprocess refuses faces that are not uint8 (N, 48, 48), naming what it got,
+    rather than normalising them as if they were 0..255 gray levels."""
+    classifier = TorchClassifier(torch.nn.Flatten(), EMOTIONS, in_channels=1)
+    with pytest.raises(ValueError, match=r"faces must be uint8 \(N, 48, 48\), got float32"):
+        classifier.preprocess(np.zeros((2, 48, 48), np.float32))
+    with pytest.raises(ValueError, match=r"got uint8 \(48, 48\)"):
+        classifier.preprocess(np.zeros((48, 48), np.uint8))
+    faces = np.full((2, 48, 48), 255, np.uint8)
+    np.testing.assert_array_equal(classifier.preprocess(faces), np.ones((2, 1, 48, 48)))
 
 
 def test_margin_grows_the_box_and_stays_inside_the_image():
@@ -314,19 +349,6 @@ def test_shipped_weights_load_by_name(trained_checkpoint, tiny_csv, tmp_path, mo
 def test_a_bad_cascade_is_a_user_error(tmp_path):
     with pytest.raises(FERUserError, match="not a readable Haar cascade"):
         HaarFaceDetector(cascade=str(tmp_path / "none.xml"))
-
-
-def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m <module> ...` in a fresh interpreter from the repo root, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_annotated_videos_keep_their_source_suffix_so_none_overwrites_another(tmp_path):

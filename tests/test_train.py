@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fer_lightning.callbacks import EMAWeights
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     load_net_weights,
@@ -24,6 +26,7 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
+from fer_lightning.pretrained.__main__ import ship
 from fer_lightning.system import FERSystem
 from fer_lightning.training import build_data_and_system, train
 from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
@@ -128,6 +131,41 @@ def test_ema_checkpoints_hold_the_average_and_train_tests_it(train_cfg):
     assert _test_loss(system, datamodule) == pytest.approx(trained["test/loss"], rel=1e-5)
     system.load_state_dict(raw)
     assert _test_loss(system, datamodule) != pytest.approx(trained["test/loss"], rel=1e-5)
+
+
+def test_ema_resume_continues_the_raw_weights_and_the_average(train_cfg, monkeypatch):
+    """Resuming a fit with EMA from last.ckpt: the net goes on from the raw weights (not the
+    average the checkpoint's state_dict holds) and the average goes on from the saved one."""
+    one_epoch = (
+        "callbacks=[default,ema]",
+        "~callbacks.tensorboard_extras",
+        "test=false",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+    )
+    train(train_cfg(*one_epoch, "trainer.max_epochs=1"))
+    last = Path(train_cfg().paths.output_dir) / "checkpoints" / "last.ckpt"
+    saved = read_checkpoint(last)
+    assert saved["averaging_state"]["n_averaged"] == 3  # one update per step
+
+    seen = {}
+
+    def record_start(self, trainer, pl_module):
+        seen["net"] = {name: value.clone() for name, value in pl_module.state_dict().items()}
+        seen["average"] = {
+            name: value.clone() for name, value in self._average_model.state_dict().items()
+        }
+
+    monkeypatch.setattr(EMAWeights, "on_train_start", record_start, raising=False)
+    train(train_cfg(*one_epoch, "trainer.max_epochs=2", f"ckpt_path={last}"))
+    for name, raw in saved["current_model_state"].items():
+        torch.testing.assert_close(seen["net"][name], raw, msg=name)
+        torch.testing.assert_close(seen["average"][f"module.{name}"], saved["state_dict"][name])
+    weight = "net.dense_1.weight"
+    assert not torch.equal(saved["current_model_state"][weight], saved["state_dict"][weight])
+    assert seen["average"]["n_averaged"] == 3
+    assert read_checkpoint(last)["averaging_state"]["n_averaged"] == 6  # 3 more updates
 
 
 def test_run_dir_layout(trained_run):
@@ -384,3 +422,102 @@ def test_init_weights_errors_are_one_line(trained_run, train_cfg):
         train(train_cfg(f"init_weights={best}", f"ckpt_path={best}"))
     with pytest.raises(FERUserError, match=r"best\.ckpt: its weights do not fit the network"):
         train(train_cfg(f"init_weights={best}", "model=deep", "train=false"))
+
+
+@pytest.mark.parametrize("weights", ["pretrained:baseline", "slimmed"])
+def test_resuming_from_weights_without_training_state_is_one_line(
+    weights, trained_checkpoint, train_cfg, tmp_path
+):
+    """ckpt_path resumes a fit; shipped or slimmed weights hold no optimizer or loop state, so
+    Lightning would fail deep inside (a missing-file or KeyError traceback): say what to use."""
+    if weights == "slimmed":
+        ship(str(trained_checkpoint), "slimmed", "none", half=False, out=tmp_path)
+        weights = str(tmp_path / "slimmed.pt")
+    cfg = train_cfg(f"ckpt_path={weights}", *LIMITED_RUN)
+    with pytest.raises(FERUserError, match=r"no training state to resume.*init_weights="):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_test_limited_to_no_batch_is_refused_before_training(train_cfg, trained_run, tmp_path):
+    """limit_test_batches=0 leaves no confusion matrix to report: refused before the fit (not
+    after hours of training), and by evaluate.py before loading anything."""
+    cfg = train_cfg(*LIMITED_RUN, "trainer.limit_test_batches=0")
+    with pytest.raises(FERUserError, match=r"limit_test_batches=0 runs no test batch.*test=false"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    cfg.test = False  # what the message advises
+    assert "val/acc" in train(cfg)
+    evaluate_cfg = compose_config(
+        "evaluate",
+        tmp_path / "eval",
+        [f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", "trainer.limit_test_batches=0"],
+    )
+    with pytest.raises(FERUserError, match="limit_test_batches=0 runs no test batch"):
+        evaluate(evaluate_cfg)
+
+
+def test_a_run_leaves_no_tensorboard_writer_open(train_cfg):
+    """The final HPARAMS write reopens TensorBoard's event file after Lightning closed it; left
+    open, each run (each multirun job) would leave a writer thread behind."""
+    before = set(threading.enumerate())
+    train(train_cfg(*LIMITED_RUN))
+    left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    assert not left, left
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["callbacks.model_checkpoint.monitor=val/accuracy"],
+            r"ModelCheckpoint\.monitor='val/accuracy' is not a metric this run logs; "
+            r"choose one of .*val/acc, val/acc_best",
+        ),
+        (["model.scheduler_monitor=val/accuracy"], r"model\.scheduler_monitor='val/accuracy'"),
+        (
+            ["callbacks.model_checkpoint.monitor=val/loss"],  # mode stays max
+            r"monitor='val/loss' with mode='max' would keep the worst epoch; "
+            r"set callbacks\.model_checkpoint\.mode=min",
+        ),
+        (["seed=-1"], r"seed must be a whole number >= 0, got -1"),
+        (["model.optimizer.lr=-1"], r"model\.optimizer: Invalid learning rate: -1"),
+    ],
+    ids=["unlogged-monitor", "unlogged-scheduler-monitor", "loss-maximised", "seed", "lr"],
+)
+def test_fit_settings_that_would_fail_late_are_refused_up_front(
+    train_cfg, tmp_path, overrides, expected
+):
+    """Mistakes Lightning or torch would report with a traceback (after an epoch, or at the
+    first step) or not at all (a loss maximised keeps the worst checkpoint): one line first."""
+    with pytest.raises(FERUserError, match=expected):
+        train(train_cfg(*LIMITED_RUN, *overrides))
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
+def test_a_loss_monitored_with_mode_min_trains(train_cfg):
+    metrics = train(
+        train_cfg(
+            *LIMITED_RUN,
+            "callbacks.model_checkpoint.monitor=val/loss",
+            "callbacks.model_checkpoint.mode=min",
+            "test=false",
+        )
+    )
+    assert "val/loss" in metrics
+
+
+def test_train_false_with_init_weights_tests_them_and_exits_cleanly(
+    trained_checkpoint, tiny_csv, tmp_path
+):
+    """The command train=false's own error suggests: it reports the test and exits 0 (no
+    sweep metric is asked of a single run that fitted nothing)."""
+    result = run_script(
+        "train.py",
+        "train=false",
+        f"init_weights={trained_checkpoint}",
+        *tiny_data_overrides(tiny_csv),
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "test"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,7 @@ from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.report import classification_report
 from fer_lightning.tta import TEN_CROP_SIZE, tta_log_probabilities, views
-from tests.conftest import compose_config
+from tests.conftest import compose_config, confusion
 
 
 def test_flip_views_are_the_image_and_its_mirror():
@@ -28,16 +27,19 @@ def test_flip_views_are_the_image_and_its_mirror():
 
 
 def test_tencrop_views_are_corner_and_centre_crops_and_their_mirrors():
+    """The ten views: the 44-px crops at the four corners and the centre of a 48-px image, each
+    resized back to 48, then the same five mirrored, in that order."""
+    assert TEN_CROP_SIZE == 44  # the corner offsets below are 48 - 44 = 4, the centre's 2
     images = torch.rand(3, 1, 48, 48)
     crops = views(images, "tencrop")
     assert len(crops) == 10
-    assert all(crop.shape == images.shape for crop in crops)
-    # a crop of 44 px resized to 48 keeps the crop's corner pixel in place (align_corners=False)
-    top_left = torch.nn.functional.interpolate(
-        images[..., :TEN_CROP_SIZE, :TEN_CROP_SIZE], size=(48, 48), mode="bilinear"
-    )
-    assert torch.allclose(crops[0], top_left)
-    assert torch.equal(crops[5], crops[0].flip(-1))
+    corners_then_centre = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]
+    for index, (top, left) in enumerate(corners_then_centre):
+        expected = torch.nn.functional.interpolate(
+            images[..., top : top + 44, left : left + 44], size=(48, 48), mode="bilinear"
+        )
+        torch.testing.assert_close(crops[index], expected, msg=f"view {index}")
+        torch.testing.assert_close(crops[index + 5], expected.flip(-1), msg=f"view {index + 5}")
 
 
 def test_tta_averages_probabilities_over_views():
@@ -77,9 +79,3 @@ def test_evaluate_with_tta(trained_checkpoint, tmp_path, mode):
     assert report["accuracy"] == pytest.approx(expected["accuracy"])
     for name, scores in expected["per_class"].items():
         assert report["per_class"][name] == pytest.approx(scores)
-
-
-def confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: int = 7) -> np.ndarray:
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (labels.numpy(), predictions.numpy()), 1)
-    return matrix

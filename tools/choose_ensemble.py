@@ -33,8 +33,9 @@ from fer_lightning.ensemble import MeanEnsemble, describe_members, shared_class_
 from fer_lightning.report import classification_report, confusion_matrix
 
 SELECTION_SPLIT = "val"
-# override values Hydra reads as they are; anything else is printed quoted
-PLAIN_VALUE = re.compile(r"[\w./:~+-]+")
+# override values Hydra reads as they are; anything else (spaces, commas, quotes, a ~ for the home
+# folder) is printed quoted
+PLAIN_VALUE = re.compile(r"[\w./:+-]+")
 
 
 @dataclass(frozen=True)

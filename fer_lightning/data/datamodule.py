@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fer_lightning.classes import EMOTIONS, NUM_CLASSES
 from fer_lightning.data.class_weights import check_class_weighting, class_weights
@@ -23,7 +24,7 @@ from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus
 from fer_lightning.data.folders import load_fer2013_folders
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.data.transforms import BatchAugment, check_in_channels, normalize
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, check_whole_number
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing changes
@@ -85,18 +86,15 @@ class FER2013DataModule(pl.LightningDataModule):
         # collects the arguments of subclasses too; then plain containers for weights_only loads
         self.save_hyperparameters()
         self.save_hyperparameters(_plain(dict(self.hparams)))
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise FERUserError(
-                f"batch sizes must be >= 1, got batch_size={batch_size}, "
-                f"eval_batch_size={eval_batch_size}"
-            )
+        check_whole_number("data.batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            check_whole_number("data.eval_batch_size", eval_batch_size, 1)
+        check_whole_number("data.num_workers", num_workers, 0)
         if num_classes is not None and num_classes != len(self.class_names):
             raise FERUserError(
                 f"data.num_classes={num_classes}, but {type(self).__name__} has "
                 f"{len(self.class_names)} classes ({', '.join(self.class_names)})"
             )
-        if num_workers < 0:
-            raise FERUserError(f"num_workers must be >= 0, got {num_workers}")
         check_class_weighting(class_weighting)
         check_in_channels(in_channels)
         self.batch_augment = BatchAugment(self.hparams.augment, len(self.class_names))
@@ -134,15 +132,31 @@ class FER2013DataModule(pl.LightningDataModule):
         batch_size = self.hparams.batch_size
         if not train:
             batch_size = self.hparams.eval_batch_size or batch_size
+        dataset = FERDataset(self.split_arrays(split), self.hparams.in_channels)
         return DataLoader(
-            FERDataset(self.split_arrays(split), self.hparams.in_channels),
+            dataset,
             batch_size=batch_size,
+            sampler=None if train else self._unrepeated_sampler(dataset),
             collate_fn=_already_batched,
             shuffle=train,
             drop_last=False,
             num_workers=self.hparams.num_workers,
             pin_memory=self.pins_memory(),
             persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def _unrepeated_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, each rank's share of an evaluation split, every image once. Lightning's
+        default DistributedSampler pads the shares to equal length by repeating images, so a
+        split of 3,589 images would be scored as 3,590 (2 ranks) and the reports be off. None
+        (a plain in-order loader) on one device."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset,
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            shuffle=False,
         )
 
     def pins_memory(self) -> bool:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, check_whole_number
 
 AUGMENT_KNOBS: tuple[str, ...] = (
     "random_resized_crop_scale",  # [min, max] area share of a crop resized back to 48
@@ -80,7 +80,7 @@ class BatchAugment(nn.Module):
                 "augment: use either random_resized_crop_scale or pad_crop, not both"
             )
         self.crop_scale = _range(knobs, "random_resized_crop_scale", 0.0, 1.0)
-        self.pad_crop = int(_number(knobs, "pad_crop", 0, math.inf))
+        self.pad_crop = check_whole_number("augment pad_crop", knobs.get("pad_crop") or 0, 0)
         self.hflip = _number(knobs, "hflip", 0.0, 1.0)
         self.degrees = _number(knobs, "affine_degrees", 0.0, 180.0)
         self.translate = _number(knobs, "affine_translate", 0.0, 1.0)
