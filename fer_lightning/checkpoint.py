@@ -4,7 +4,9 @@ nothing else."""
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -53,6 +55,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FERUserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FERUserError(f"checkpoint {path} does not exist")
+    if path.suffix.lower() == ".onnx" or has_compiled_code(path):
+        raise FERUserError(
+            f"{path}: an exported model, which only predict runs (python -m "
+            "fer_lightning.predict <source> ckpt_path=<it>); here give a Lightning .ckpt or "
+            "pretrained:<name>"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     # torch.load fails in many ways on a file that is no checkpoint (a text file reaches the legacy
@@ -64,6 +72,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or RUN_CONFIG_KEY not in checkpoint:
         raise FERUserError(f"{path}: not a fer-lightning checkpoint (it has no stored run config)")
     return checkpoint
+
+
+def has_compiled_code(path: Path) -> bool:
+    """True for a TorchScript archive: a zip holding compiled ``code/``, which ``torch.save``
+    files (checkpoints) do not have."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in f"/{name}" for name in archive.namelist())
 
 
 def run_config(checkpoint: dict[str, Any]) -> DictConfig:
@@ -84,6 +101,21 @@ def system_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) 
     system = system_class(net=net, **checkpoint.get("hyper_parameters", {}))
     load_weights(system, checkpoint, path)
     return system.eval()
+
+
+def require_stored_csv(
+    path: str | os.PathLike, checkpoint: dict[str, Any], csv_path: str | None, option: str
+) -> None:
+    """A checkpoint's data is the csv of its training run unless ``option`` names another: when
+    that csv is not on this machine (shipped weights store their makers' path), say which
+    setting to give rather than report a missing file the user never named."""
+    stored = run_config(checkpoint).data.get("csv_path")
+    if csv_path or not stored or Path(stored).expanduser().is_file():
+        return
+    raise FERUserError(
+        f"{path}: the csv it was trained on ({stored}) is not on this machine; name yours with "
+        f"{option}=<fer2013.csv or .csv.gz>"
+    )
 
 
 def datamodule_from_checkpoint(
@@ -115,7 +147,15 @@ def load_net_weights(system: LightningModule, path: str | os.PathLike) -> None:
     """Start ``system``'s net from the net weights of ``path`` (a checkpoint or
     `pretrained:<name>`). Only the net's: the system keeps its own loss weights and best scores."""
     prefix = "net."
-    state = read_checkpoint(path)["state_dict"]
+    checkpoint = read_checkpoint(path)
+    stored_net = run_config(checkpoint).model.net._target_
+    if stored_net.rsplit(".", 1)[-1] != type(system.net).__name__:
+        raise FERUserError(
+            f"{path}: the checkpoint holds a {stored_net} net but the config trains a "
+            f"{type(system.net).__name__}; start from it with the model it was trained with "
+            "(e.g. model=...)"
+        )
+    state = checkpoint["state_dict"]
     net_state = {
         key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)
     }
@@ -129,8 +169,13 @@ def _load_state(
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
+        # torch's first line only says "Error(s) in loading state_dict for <net>:"; the next
+        # names the first mismatch
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else first_line(err)
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
         raise FERUserError(
-            f"{path}: its weights do not fit the network {type(net).__name__} ({first_line(err)})"
+            f"{path}: its weights do not fit the network {type(net).__name__} ({detail})"
         ) from err
 
 

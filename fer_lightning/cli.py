@@ -7,7 +7,9 @@ import logging
 import re
 import sys
 import traceback
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +43,8 @@ def user_error(error: BaseException) -> FERUserError | None:
 def exit_on_user_error(task: Callable[..., T], *args: object) -> T:
     """Run `task`; a user mistake becomes one line on stderr and exit status 2, not a traceback."""
     try:
-        return task(*args)
+        with lightning_noise_muted():
+            return task(*args)
     except Exception as err:
         mistake = user_error(err)
         if mistake is None:
@@ -61,10 +64,31 @@ def run_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     if not in_multirun():
         return exit_on_user_error(task, cfg)
     try:
-        return task(cfg)
+        with lightning_noise_muted():
+            return task(cfg)
     except Exception as err:  # any failure of one job; KeyboardInterrupt still ends the sweep
         record_job_failure(err)
         return None
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's adverts ("💡 Tip: ... try installing ..."), printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")
+
+
+DROP_LIGHTNING_TIPS = _DropTips()
+
+
+@contextmanager
+def lightning_noise_muted() -> Iterator[None]:
+    """Mute what Lightning prints on every run that no user can act on: its adverts, and a
+    deprecation raised inside Lightning itself on this torch."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(DROP_LIGHTNING_TIPS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        yield
 
 
 def in_multirun() -> bool:

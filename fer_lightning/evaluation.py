@@ -13,6 +13,7 @@ from fer_lightning.builders import build_trainer, check_runs_test_batches
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
+    require_stored_csv,
     stored_tta,
     system_from_checkpoint,
 )
@@ -33,6 +34,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise FERUserError(f"split must be one of {', '.join(SPLIT_NAMES)} (got {cfg.split!r})")
     paths = checkpoint_paths(cfg.ckpt_path)
     checkpoints = [read_checkpoint(path) for path in paths]
+    require_stored_csv(paths[0], checkpoints[0], cfg.data.csv_path, "data.csv_path")
     first = checkpoints[0]
     if len(paths) == 1:
         system, tta = _single(first, paths[0], cfg.tta)

@@ -29,7 +29,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fer_lightning import pretrained
 from fer_lightning.callbacks import plot_sample_predictions
-from fer_lightning.checkpoint import datamodule_from_checkpoint, read_checkpoint
+from fer_lightning.checkpoint import (
+    datamodule_from_checkpoint,
+    read_checkpoint,
+    require_stored_csv,
+)
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.config import CONF_DIR
@@ -265,6 +269,8 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
             raise FERUserError(f"{key}={cfg[key]!r} must be one of {', '.join(SPLIT_NAMES)}")
     checkpoint_path = pretrained.resolve(cfg.ckpt_path) if cfg.ckpt_path else None
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
+    if checkpoint is not None:
+        require_stored_csv(cfg.ckpt_path, checkpoint, cfg.csv_path, "csv_path")
     splits, class_names = load_splits(cfg, checkpoint)
     classifier = run_dir = writer = None
     if checkpoint is not None:

@@ -29,7 +29,12 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
+from fer_lightning.checkpoint import (
+    has_compiled_code,
+    read_checkpoint,
+    stored_tta,
+    system_from_checkpoint,
+)
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
 from fer_lightning.ensemble import (
@@ -251,9 +256,6 @@ def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int, str]:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive: a zip holding compiled ``code/``, which ``torch.save``
-    files (checkpoints) do not have."""
-    if not zipfile.is_zipfile(path):
-        return True  # not a torch file at all: let the TorchScript loader explain
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in f"/{name}" for name in archive.namelist())
+    """True for a TorchScript archive, and for a file that is no zip at all (no torch file: the
+    TorchScript loader explains)."""
+    return not zipfile.is_zipfile(path) or has_compiled_code(path)

@@ -484,10 +484,11 @@ class FpsMeter:
 
 @dataclass
 class Tally:
-    """Frames and faces seen so far."""
+    """Frames and faces seen so far, and the photos already reported faceless one by one."""
 
     frames: int = 0
     faces: int = 0
+    faceless_photos: int = 0
 
 
 def write_predictions(
@@ -518,6 +519,7 @@ def write_predictions(
                 )
             if not predictions and frame.fps is None:
                 log.warning("%s: no face found%s", frame.source, no_face_hint)
+                tally.faceless_photos += 1
             fps = meter.tick()
             if annotated is not None:
                 annotated.write(frame, draw_predictions(frame.image, predictions))
@@ -577,7 +579,7 @@ def predict(cfg: DictConfig) -> Path:
         tally.frames / seconds if seconds > 0 else 0.0,
         output,
     )
-    if tally.faces == 0:
+    if tally.faces == 0 and not tally.frames == tally.faceless_photos == 1:  # (said just above)
         log.warning("No face found in %s: the result is empty", cfg.source)
     return output
 

@@ -4,6 +4,7 @@ predict reads back, and prediction from the ONNX file equal to the checkpoint's.
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 from fer_lightning import pretrained
+from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
+from fer_lightning.evaluation import evaluate
 from fer_lightning.export import (
     BATCH_AXIS,
     MIN_OPSET,
@@ -229,3 +232,17 @@ def test_foreign_or_broken_model_files_are_one_line_errors(exported, tmp_path):
     keras.write_bytes(b"")
     with pytest.raises(FERUserError, match=r"unknown model file type '\.h5'"):
         load_classifier(keras)
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "torchscript"])
+def test_exported_models_given_where_a_checkpoint_is_needed_point_to_predict(
+    exported, tmp_path, model_format
+):
+    """evaluate.py, explore and export need the Lightning checkpoint; an exported file there
+    says so (not torch's unpickling advice to load it with weights_only=False)."""
+    path = exported[model_format]
+    message = rf"{re.escape(str(path))}: an exported model, which only predict runs"
+    with pytest.raises(FERUserError, match=message):
+        read_checkpoint(path)
+    with pytest.raises(FERUserError, match=message):
+        evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={path}"]))

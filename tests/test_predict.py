@@ -196,6 +196,17 @@ def test_blank_photo_gives_an_empty_result_and_a_message(trained_checkpoint, tmp
         output = predict(predict_cfg(tmp_path / "run", photo, trained_checkpoint))
     assert output.read_text() == ""
     assert f"{photo}: no face found" in caplog.text and "detect=false" in caplog.text
+    assert "the result is empty" not in caplog.text  # one photo: said once, not twice
+    caplog.clear()
+    shutil.copy(photo, tmp_path / "wall2.jpg")
+    folder = tmp_path / "walls"
+    folder.mkdir()
+    for name in ("wall.jpg", "wall2.jpg"):
+        shutil.move(tmp_path / name, folder / name)
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        predict(predict_cfg(tmp_path / "run2", folder, trained_checkpoint))
+    assert caplog.text.count("no face found") == 2
+    assert f"No face found in {folder}: the result is empty" in caplog.text
 
 
 def test_unreadable_photo_is_a_one_line_error(trained_checkpoint, tmp_path):

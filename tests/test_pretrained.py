@@ -17,9 +17,10 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import ROOT
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
+from fer_lightning.explore import explore
 from fer_lightning.pretrained.__main__ import main, ship
 from fer_lightning.tta import TTA_MODES
-from tests.conftest import compose_config
+from tests.conftest import TINY_SPLIT_SIZES, compose_config
 
 
 @pytest.fixture
@@ -114,6 +115,18 @@ def test_out_writes_the_weights_outside_the_package(
     assert shipped["state_dict"].keys() == checkpoint["state_dict"].keys()
     for key, value in shipped["state_dict"].items():
         assert torch.equal(value, checkpoint["state_dict"][key])
+
+
+def test_existing_weights_are_replaced_only_with_force(trained_checkpoint, weights_dir):
+    """Shipping under a taken name (e.g. baseline) would silently replace weights whose digest
+    README states: refused, and the file is untouched, unless --force."""
+    ship(str(trained_checkpoint), "tiny", "none", half=False)
+    before = (weights_dir / "tiny.pt").read_bytes()
+    with pytest.raises(FERUserError, match=r"tiny\.pt exists; pass --force to replace it"):
+        ship(str(trained_checkpoint), "tiny", "flip", half=False)
+    assert (weights_dir / "tiny.pt").read_bytes() == before
+    ship(str(trained_checkpoint), "tiny", "flip", half=False, force=True)
+    assert torch.load(weights_dir / "tiny.pt", weights_only=True)["tta"] == "flip"
 
 
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
@@ -211,3 +224,21 @@ def settings(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, object]:
         elif node is not KeyError:
             collect(key, node)
     return leaves
+
+
+def test_weights_whose_csv_is_not_here_ask_for_one(trained_checkpoint, tiny_csv, tmp_path):
+    """Shipped weights store their makers' csv path: evaluate.py and explore name the setting
+    that gives yours (each its own key) instead of reporting a file the user never named."""
+    moved = torch.load(trained_checkpoint, weights_only=True)
+    moved["fer_run_config"]["data"]["csv_path"] = str(tmp_path / "elsewhere" / "fer2013.csv")
+    torch.save(moved, tmp_path / "moved.ckpt")
+    ckpt = f"ckpt_path={tmp_path / 'moved.ckpt'}"
+    hint = r"moved\.ckpt: the csv it was trained on \(.*elsewhere/fer2013\.csv\) is not on this"
+    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with data\.csv_path="):
+        evaluate(compose_config("evaluate", tmp_path / "eval", [ckpt]))
+    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with csv_path="):
+        explore(compose_config("explore", tmp_path / "explore", [ckpt]))
+    given = evaluate(
+        compose_config("evaluate", tmp_path / "given", [ckpt, f"data.csv_path={tiny_csv}"])
+    )
+    assert given["support"] == TINY_SPLIT_SIZES["num_test"]

@@ -6,6 +6,7 @@ weights and loaders are shared.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from fer_lightning.data.transforms import BatchAugment, check_in_channels, norma
 from fer_lightning.errors import FERUserError, check_whole_number
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+log = logging.getLogger(__name__)
+
 SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing changes
 
 
@@ -202,7 +205,17 @@ class SyntheticFER2013DataModule(FER2013DataModule):
     ) -> None:
         """``csv_path`` is derived from the other arguments; it is accepted only as None, the
         value that configs inheriting the csv data config give it."""
-        _reject_csv_path(csv_path, "the synthetic data", "data_dir")
+        _reject_csv_path(
+            csv_path,
+            "the synthetic data (data=synthetic, train.py's default)",
+            "add data=fer2013 (or data=ferplus) to train on a csv; a checkpoint trained on "
+            "synthetic data is evaluated on it",
+        )
+        if os.environ.get("FER2013_CSV"):
+            log.warning(
+                "FER2013_CSV is set, but data=synthetic does not read it; add data=fer2013 to "
+                "train on that csv"
+            )
         name = f"synthetic_v{SYNTHETIC_VERSION}_{num_train}-{num_val}-{num_test}_seed{seed}.csv"
         csv_path = os.path.join(data_dir, name)  # reassigned first: hparams record this one
         super().__init__(csv_path=csv_path, **kwargs)
@@ -242,7 +255,7 @@ class FER2013FoldersDataModule(FER2013DataModule):
         **kwargs: Any,
     ) -> None:
         """``csv_path`` is unused; it is accepted only as None (see the synthetic module)."""
-        _reject_csv_path(csv_path, "the image-folder data", "root")
+        _reject_csv_path(csv_path, "the image-folder data", "the folders are data.root")
         super().__init__(csv_path="", **kwargs)
 
     def load_arrays(self) -> dict[str, SplitArrays]:
@@ -253,9 +266,7 @@ class FER2013FoldersDataModule(FER2013DataModule):
 
 def _reject_csv_path(csv_path: str | None, source: str, instead: str) -> None:
     if csv_path is not None:
-        raise FERUserError(
-            f"csv_path={csv_path!r} is not used by {source}; set {instead} (and csv_path=null)"
-        )
+        raise FERUserError(f"data.csv_path={csv_path!r} is not used by {source}: {instead}")
 
 
 class FERPlusDataModule(FER2013DataModule):

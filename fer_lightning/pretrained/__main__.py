@@ -52,10 +52,16 @@ def _to_half(key: str, value: torch.Tensor) -> torch.Tensor:
     return half
 
 
-def ship(ckpt: str, name: str, tta: str, half: bool, out: Path | None = None) -> None:
-    """Write the slimmed checkpoint into the package (or `out`) and print its size and digest."""
+def ship(
+    ckpt: str, name: str, tta: str, half: bool, out: Path | None = None, force: bool = False
+) -> None:
+    """Write the slimmed checkpoint into the package (or `out`) and print its size and digest;
+    existing weights (the shipped ones, whose digests README states) are replaced only with
+    `force`."""
     shipped = slim(read_checkpoint(ckpt), tta, half)
     target = (WEIGHTS_DIR if out is None else out) / f"{name}.pt"
+    if target.exists() and not force:
+        raise FERUserError(f"{target} exists; pass --force to replace it")
     write_atomically(target, lambda file: torch.save(shipped, file))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     print(f"{target} {target.stat().st_size:,} bytes sha256 {digest}")
@@ -75,8 +81,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="write <out>/<name>.pt instead, outside the package"
     )
+    parser.add_argument("--force", action="store_true", help="replace an existing <name>.pt")
     args = parser.parse_args()
-    exit_on_user_error(ship, args.ckpt, args.name, args.tta, args.fp16, args.out)
+    exit_on_user_error(ship, args.ckpt, args.name, args.tta, args.fp16, args.out, args.force)
 
 
 if __name__ == "__main__":
