@@ -72,6 +72,14 @@ def train_cfg(tmp_path: Path, tiny_csv: Path) -> Callable[..., DictConfig]:
     return make
 
 
+# one epoch of three optimizer steps and a single val batch, no test: for resume tests
+THREE_STEP_EPOCHS = (
+    "test=false",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+)
+
 LIMITED_RUN = (
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=4",

@@ -31,6 +31,7 @@ from tests.conftest import (
     HEADER,
     PIXELS,
     ROOT,
+    THREE_STEP_EPOCHS,
     TINY_SPLIT_SIZES,
     VALID_ROWS,
     compose_config,
@@ -261,13 +262,7 @@ def test_resume_with_another_net_is_one_line(
 
 def test_resume_with_another_one_cycle_length_is_one_line(train_cfg, capsys):
     # OneCycleLR's restored state keeps its total_steps: a longer run would crash at step 4 of 3
-    short_run = (
-        "experiment=baseline_fer2013",
-        "test=false",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1",
-    )
+    short_run = ("experiment=baseline_fer2013", *THREE_STEP_EPOCHS)
     train(train_cfg(*short_run, "trainer.max_epochs=1"))
     last = Path(train_cfg().paths.output_dir) / "checkpoints" / "last.ckpt"
     with pytest.raises(SystemExit) as caught:

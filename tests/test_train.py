@@ -29,7 +29,13 @@ from fer_lightning.evaluation import evaluate
 from fer_lightning.pretrained.__main__ import ship
 from fer_lightning.system import FERSystem
 from fer_lightning.training import build_data_and_system, train
-from tests.conftest import LIMITED_RUN, compose_config, run_script, tiny_data_overrides
+from tests.conftest import (
+    LIMITED_RUN,
+    THREE_STEP_EPOCHS,
+    compose_config,
+    run_script,
+    tiny_data_overrides,
+)
 
 
 def test_vgg_recipe_trains_in_bf16_and_its_checkpoint_evaluates(tmp_path, tiny_csv):
@@ -136,14 +142,7 @@ def test_ema_checkpoints_hold_the_average_and_train_tests_it(train_cfg):
 def test_ema_resume_continues_the_raw_weights_and_the_average(train_cfg, monkeypatch):
     """Resuming a fit with EMA from last.ckpt: the net goes on from the raw weights (not the
     average the checkpoint's state_dict holds) and the average goes on from the saved one."""
-    one_epoch = (
-        "callbacks=[default,ema]",
-        "~callbacks.tensorboard_extras",
-        "test=false",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1",
-    )
+    one_epoch = ("callbacks=[default,ema]", "~callbacks.tensorboard_extras", *THREE_STEP_EPOCHS)
     train(train_cfg(*one_epoch, "trainer.max_epochs=1"))
     last = Path(train_cfg().paths.output_dir) / "checkpoints" / "last.ckpt"
     saved = read_checkpoint(last)
