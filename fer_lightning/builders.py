@@ -22,7 +22,10 @@ def resolve_gpus_alias(trainer_cfg: DictConfig) -> DictConfig:
     resolved = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = resolved.pop("gpus", None)
     if gpus is None:
-        if resolved.get("accelerator") in ("gpu", "cuda") and _visible_gpus() == 0:
+        accelerator = resolved.get("accelerator")
+        # Lightning's "gpu" is CUDA or Apple's MPS; "cuda" only CUDA
+        mps = accelerator == "gpu" and torch.backends.mps.is_available()
+        if accelerator in ("gpu", "cuda") and _visible_gpus() == 0 and not mps:
             raise FERUserError(
                 f"trainer.accelerator={resolved['accelerator']} (e.g. trainer=gpu) but no GPU "
                 "is available on this machine (torch.cuda.is_available() is False); drop "

@@ -57,9 +57,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FERUserError(f"checkpoint {path} does not exist")
     if path.suffix.lower() == ".onnx" or has_compiled_code(path):
         raise FERUserError(
-            f"{path}: an exported model, which only predict runs (python -m "
-            "fer_lightning.predict <source> ckpt_path=<it>); here give a Lightning .ckpt or "
-            "pretrained:<name>"
+            f"{path}: an exported model (ONNX or TorchScript), where a Lightning .ckpt or "
+            "pretrained:<name> is needed; exported models run alone, in python -m "
+            "fer_lightning.predict <source> ckpt_path=<it>"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -80,7 +80,8 @@ def has_compiled_code(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in f"/{name}" for name in archive.namelist())
+        # <archive>/code/...; a torch.save file keeps its pickles in <archive>/data.pkl, ...
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
 
 
 def run_config(checkpoint: dict[str, Any]) -> DictConfig:

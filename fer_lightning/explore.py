@@ -33,6 +33,7 @@ from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
     require_stored_csv,
+    run_config,
 )
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 SPLIT_TITLES = {"train": "Training", "val": "PublicTest (val)", "test": "PrivateTest (test)"}
 CURVES = (("loss", "Loss"), ("acc", "Accuracy"))
 TENSORBOARD_TAG = "explore"
+# the data config (conf/data/fer2013.yaml) of runs trained on a plain fer2013 csv
+CSV_DATA_TARGET = "fer_lightning.data.FER2013DataModule"
 
 
 def _show_face(axes: Axes, image: np.ndarray, title: str, stretch: bool = False) -> None:
@@ -269,7 +272,8 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
             raise FERUserError(f"{key}={cfg[key]!r} must be one of {', '.join(SPLIT_NAMES)}")
     checkpoint_path = pretrained.resolve(cfg.ckpt_path) if cfg.ckpt_path else None
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
-    if checkpoint is not None:
+    # explore's csv_path stands for the data of a plain-csv run only (FER+ also needs its votes)
+    if checkpoint is not None and run_config(checkpoint).data._target_ == CSV_DATA_TARGET:
         require_stored_csv(cfg.ckpt_path, checkpoint, cfg.csv_path, "csv_path")
     splits, class_names = load_splits(cfg, checkpoint)
     classifier = run_dir = writer = None

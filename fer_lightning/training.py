@@ -4,6 +4,7 @@ the best checkpoint once (PrivateTest)."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from fer_lightning.builders import (
     build_trainer,
@@ -27,6 +31,7 @@ from fer_lightning.checkpoint import (
     load_net_weights,
 )
 from fer_lightning.cli import in_multirun
+from fer_lightning.data import SyntheticFER2013DataModule
 from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.report import publish_report
 
@@ -99,12 +104,14 @@ def check_monitors(callbacks: list[Any], system: pl.LightningModule) -> None:
     logs (Lightning would stop with a traceback after the first epoch), and a mode that keeps
     the worst epoch (a loss maximised, a score minimised)."""
     logged = system.logged_metric_names()
-    watched = [("model.scheduler_monitor", system.hparams.scheduler_monitor, None)]
-    watched += [
+    watched = [
         (f"callbacks: {type(callback).__name__}.monitor", callback.monitor, callback.mode)
         for callback in callbacks
-        if getattr(callback, "monitor", None) is not None
+        if isinstance(callback, ModelCheckpoint | EarlyStopping) and callback.monitor is not None
     ]
+    scheduler = getattr(system.scheduler_factory, "func", system.scheduler_factory)
+    if isinstance(scheduler, type) and issubclass(scheduler, ReduceLROnPlateau):
+        watched.append(("model.scheduler_monitor", system.hparams.scheduler_monitor, None))
     for setting, monitor, mode in watched:
         if monitor not in logged | EPOCH_COUNTERS:
             raise FERUserError(
@@ -136,6 +143,15 @@ def build_data_and_system(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.L
     """The datamodule (data prepared and loaded) and the system, whose class weights and names
     come from the training split."""
     datamodule = hydra.utils.instantiate(cfg.data)
+    if (
+        isinstance(datamodule, SyntheticFER2013DataModule)
+        and os.environ.get("FER2013_CSV")
+        and rank_zero_only.rank == 0
+    ):
+        log.warning(
+            "FER2013_CSV is set, but data=synthetic (the default) does not read it; add "
+            "data=fer2013 to train on that csv"
+        )
     datamodule.prepare_data()
     datamodule.setup("fit")
     system = hydra.utils.instantiate(

@@ -241,6 +241,9 @@ def test_gpus_alias_without_gpu_is_one_clear_error(train_cfg, monkeypatch):
     # the GPU preset, without the alias: the same line, not Lightning's traceback at fit time
     with pytest.raises(FERUserError, match=r"trainer\.accelerator=gpu .* no GPU is available"):
         resolve_gpus_alias(train_cfg("trainer=gpu").trainer)
+    # Lightning's "gpu" is Apple's MPS on a Mac: not refused there
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_gpus_alias(train_cfg("trainer=gpu").trainer).accelerator == "gpu"
 
 
 @pytest.mark.skipif(

@@ -241,8 +241,15 @@ def test_exported_models_given_where_a_checkpoint_is_needed_point_to_predict(
     """evaluate.py, explore and export need the Lightning checkpoint; an exported file there
     says so (not torch's unpickling advice to load it with weights_only=False)."""
     path = exported[model_format]
-    message = rf"{re.escape(str(path))}: an exported model, which only predict runs"
+    message = rf"{re.escape(str(path))}: an exported model \(ONNX or TorchScript\), where a"
     with pytest.raises(FERUserError, match=message):
         read_checkpoint(path)
     with pytest.raises(FERUserError, match=message):
         evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={path}"]))
+
+
+def test_a_checkpoint_named_code_is_no_torchscript_archive(trained_checkpoint, tmp_path):
+    """torch.save names a file's zip entries after it (code.ckpt -> code/data.pkl): only a
+    code/ folder inside the archive marks TorchScript."""
+    torch.save(torch.load(trained_checkpoint, weights_only=True), tmp_path / "code.ckpt")
+    assert read_checkpoint(tmp_path / "code.ckpt").keys() >= {"state_dict", "fer_run_config"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import threading
 import warnings
@@ -486,7 +487,14 @@ def test_a_run_leaves_no_tensorboard_writer_open(train_cfg):
             r"ModelCheckpoint\.monitor='val/accuracy' is not a metric this run logs; "
             r"choose one of .*val/acc, val/acc_best",
         ),
-        (["model.scheduler_monitor=val/accuracy"], r"model\.scheduler_monitor='val/accuracy'"),
+        (
+            [
+                "model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,"
+                "_partial_:true}",
+                "model.scheduler_monitor=val/accuracy",
+            ],
+            r"model\.scheduler_monitor='val/accuracy'",
+        ),
         (
             ["callbacks.model_checkpoint.monitor=val/loss"],  # mode stays max
             r"monitor='val/loss' with mode='max' would keep the worst epoch; "
@@ -508,11 +516,14 @@ def test_fit_settings_that_would_fail_late_are_refused_up_front(
 
 
 def test_a_loss_monitored_with_mode_min_trains(train_cfg):
+    """The checks above pass what is right: a loss minimised, and no scheduler monitor at all
+    when no ReduceLROnPlateau reads it."""
     metrics = train(
         train_cfg(
             *LIMITED_RUN,
             "callbacks.model_checkpoint.monitor=val/loss",
             "callbacks.model_checkpoint.mode=min",
+            "model.scheduler_monitor=null",
             "test=false",
         )
     )
@@ -533,3 +544,20 @@ def test_train_false_with_init_weights_tests_them_and_exits_cleanly(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "test"
+
+
+def test_training_on_synthetic_data_says_it_ignores_fer2013_csv(tmp_path, monkeypatch, caplog):
+    """FER2013_CSV is read by data=fer2013 only: a plain `python train.py` with it exported
+    trains on synthetic faces, and says so (evaluating a synthetic run does not)."""
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        [f"data.data_dir={tmp_path}", "data.num_train=70", "data.num_val=14", "data.num_test=14"],
+    )
+    notice = "FER2013_CSV is set, but data=synthetic (the default) does not read it"
+    with caplog.at_level(logging.WARNING, logger="fer_lightning.training"):
+        build_data_and_system(cfg)
+        assert notice not in caplog.text
+        monkeypatch.setenv("FER2013_CSV", str(tmp_path / "fer2013.csv"))
+        build_data_and_system(cfg)
+    assert notice in caplog.text and "add data=fer2013" in caplog.text

@@ -6,7 +6,6 @@ weights and loaders are shared.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,8 +27,6 @@ from fer_lightning.data.transforms import BatchAugment, check_in_channels, norma
 from fer_lightning.errors import FERUserError, check_whole_number
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-log = logging.getLogger(__name__)
-
 SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing changes
 
 
@@ -211,11 +208,6 @@ class SyntheticFER2013DataModule(FER2013DataModule):
             "add data=fer2013 (or data=ferplus) to train on a csv; a checkpoint trained on "
             "synthetic data is evaluated on it",
         )
-        if os.environ.get("FER2013_CSV"):
-            log.warning(
-                "FER2013_CSV is set, but data=synthetic does not read it; add data=fer2013 to "
-                "train on that csv"
-            )
         name = f"synthetic_v{SYNTHETIC_VERSION}_{num_train}-{num_val}-{num_test}_seed{seed}.csv"
         csv_path = os.path.join(data_dir, name)  # reassigned first: hparams record this one
         super().__init__(csv_path=csv_path, **kwargs)
