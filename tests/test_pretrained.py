@@ -22,6 +22,23 @@ from fer_lightning.pretrained.__main__ import main, ship
 from fer_lightning.tta import TTA_MODES
 from tests.conftest import TINY_SPLIT_SIZES, compose_config
 
+NARROW_VGG = "model.net.widths=[48,96,192,384]"
+# each shipped file's training command, as README gives it (data paths aside)
+SHIPPED_RECIPES = {
+    "baseline": ("experiment=baseline_fer2013",),
+    "deep": ("experiment=deep_fer2013",),
+    "vgg": ("experiment=vgg_fer2013",),
+    # the ensemble's two other VGGs: the earlier recipe, and the regularised one at 80 epochs
+    "vgg40": (
+        "experiment=vgg_fer2013",
+        NARROW_VGG,
+        "trainer.max_epochs=40",
+        "data.augment.random_erasing=0.0",
+        "model.optimizer.weight_decay=0.0001",
+    ),
+    "vgg_reg80": ("experiment=vgg_fer2013", NARROW_VGG),
+}
+
 
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
@@ -138,7 +155,13 @@ def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weigh
 
 @pytest.mark.parametrize(
     ("name", "net_class", "max_megabytes"),
-    [("baseline", "BaselineCNN", 25), ("deep", "DeepConcatNet", 25), ("vgg", "VGGFER", 25)],
+    [
+        ("baseline", "BaselineCNN", 25),
+        ("deep", "DeepConcatNet", 25),
+        ("vgg", "VGGFER", 25),
+        ("vgg40", "VGGFER", 25),
+        ("vgg_reg80", "VGGFER", 25),
+    ],
 )
 def test_shipped_weights_load_offline_and_classify(
     tmp_path, tiny_csv, name, net_class, max_megabytes
@@ -156,7 +179,12 @@ def test_shipped_weights_load_offline_and_classify(
     assert report["support"] == 70
 
 
-@pytest.mark.parametrize("name", ["baseline", "deep", "vgg"])
+def test_the_shipped_weights_are_the_ones_readme_describes():
+    """No stray or missing file: each shipped name has its README entry and recipe test."""
+    assert pretrained.available() == sorted(SHIPPED_RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_RECIPES))
 def test_readme_states_each_shipped_files_size_and_sha256(name):
     """README's size and digest of each shipped file are the file's own (a re-shipped file
     without a README update fails here)."""
@@ -191,13 +219,13 @@ RECIPE_KEYS = (
 )
 
 
-@pytest.mark.parametrize("name", ["baseline", "deep", "vgg"])
+@pytest.mark.parametrize("name", sorted(SHIPPED_RECIPES))
 def test_each_shipped_file_was_trained_with_its_experiments_recipe(name, tmp_path):
-    """`experiment=<name>_fer2013` is the recipe README gives for `pretrained:<name>`: the run
+    """The recipe README gives for `pretrained:<name>` (its experiment and overrides): the run
     config stored in the shipped file agrees with it on every recipe setting. A knob added after
     the run is absent there, and its default must be off (what the run did without it)."""
     stored = OmegaConf.create(read_checkpoint(f"pretrained:{name}")["fer_run_config"])
-    composed = compose_config("train", tmp_path, [f"experiment={name}_fer2013"])
+    composed = compose_config("train", tmp_path, list(SHIPPED_RECIPES[name]))
     stored_settings = settings(stored, RECIPE_KEYS)
     for key, expected in settings(composed, RECIPE_KEYS).items():
         if key in stored_settings:
