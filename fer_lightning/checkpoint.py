@@ -187,7 +187,7 @@ def check_resumable(
     holds no training state (shipped or slimmed weights) or holds another network than the one
     the config names (or one of another shape)."""
     checkpoint = read_checkpoint(path)
-    if pretrained.is_shipped(path) or not checkpoint.keys() >= TRAINING_STATE_KEYS:
+    if not checkpoint.keys() >= TRAINING_STATE_KEYS:
         raise FERUserError(
             f"{path}: weights only, no training state to resume (ckpt_path resumes a run from its "
             "last.ckpt); start a new run from these weights with init_weights=<it> instead"
