@@ -188,9 +188,9 @@ class FERSystem(pl.LightningModule):
     def logged_metric_names(self) -> set[str]:
         """The metrics a fit logs, which callbacks and schedulers may monitor: each stage's loss,
         accuracy and macro-F1, val's best-so-far scores and per-class scores."""
-        summary = ("loss", "acc", "f1_macro")
-        names = {f"{stage}/{name}" for stage in ("train", "val") for name in summary}
-        names |= {"val/acc_best", "val/f1_macro_best"}
+        summary = [name.removeprefix("train/") for name in self.train_metrics]
+        names = {f"{stage}/{name}" for stage in ("train", "val") for name in ("loss", *summary)}
+        names |= {f"val/{name}_best" for name in summary}
         names |= {f"val/{metric}/{name}" for metric in SCORES for name in self.hparams.class_names}
         return names
 
