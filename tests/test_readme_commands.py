@@ -30,6 +30,7 @@ ENTRY_CONFIGS = {
     "-m fer_lightning.export": "export",
     "-m fer_lightning.predict": "predict",
     "-m fer_lightning.explore": "explore",
+    "-m fer_lightning.distill": "distill",
 }
 COMMAND = re.compile(
     r"(\$ )?python (" + "|".join(re.escape(entry) for entry in ENTRY_CONFIGS) + r")(?![\w.])(.*)"
@@ -119,7 +120,7 @@ def test_readme_commands_are_all_found():
     # counted in the raw text, not through the extractor: a command it misses (another fence, a
     # `python3`) shows up here
     mentions = re.findall(
-        r"python3? (?:train\.py|evaluate\.py|-m fer_lightning\.(?:export|predict|explore))"
+        r"python3? (?:train\.py|evaluate\.py|-m fer_lightning\.(?:export|predict|explore|distill))"
         r"(?![\w.])",
         README.read_text("utf-8"),
     )

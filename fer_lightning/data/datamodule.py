@@ -23,6 +23,7 @@ from fer_lightning.data.fer2013_csv import SplitArrays, load_fer2013_csv
 from fer_lightning.data.ferplus import FERPLUS_CLASSES, load_ferplus
 from fer_lightning.data.folders import load_fer2013_folders
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
+from fer_lightning.data.teacher import blend_targets, load_teacher_probabilities
 from fer_lightning.data.transforms import BatchAugment, check_in_channels, normalize
 from fer_lightning.errors import FERUserError, check_whole_number
 
@@ -31,15 +32,18 @@ SYNTHETIC_VERSION = 1  # part of the synthetic csv's name; bump when the drawing
 
 
 class FERDataset(Dataset):
-    """uint8 images (N, 1, 48, 48) and int64 labels, served as normalised float batches.
+    """uint8 images (N, 1, 48, 48) and their targets, served as normalised float batches: the
+    int64 labels, or ``targets`` given per image (e.g. class probabilities (N, K)).
 
     ``__getitems__`` fetches a whole batch with one indexing operation (DataLoader uses it with
     automatic batching), so loading costs next to nothing and needs no worker processes.
     """
 
-    def __init__(self, arrays: SplitArrays, in_channels: int = 1):
+    def __init__(
+        self, arrays: SplitArrays, in_channels: int = 1, targets: torch.Tensor | None = None
+    ):
         self.images = torch.from_numpy(arrays.images).unsqueeze(1)
-        self.labels = torch.from_numpy(arrays.labels)
+        self.labels = torch.from_numpy(arrays.labels) if targets is None else targets
         self.in_channels = check_in_channels(in_channels)
 
     def __len__(self) -> int:
@@ -50,7 +54,7 @@ class FERDataset(Dataset):
         return images[0], labels[0]
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, in_channels, 48, 48) in [-1, 1] and labels (B,) of ``indices``."""
+        """Images (B, in_channels, 48, 48) in [-1, 1] and the targets of ``indices``."""
         index = torch.as_tensor(indices, dtype=torch.int64)
         return normalize(self.images[index], self.in_channels), self.labels[index]
 
@@ -64,6 +68,9 @@ class FER2013DataModule(pl.LightningDataModule):
     """FER2013 from its csv (plain or gzip; parsed once, optionally cached in ``cache_dir``).
 
     Batches are ``(x, y)``: x float32 (B, in_channels, 48, 48) normalised to [-1, 1], y int64 (B,).
+    With ``teacher_targets`` (a file from ``python -m fer_lightning.distill``) training batches'
+    y are class probabilities (B, K) instead: ``teacher_weight`` of the teachers' plus the rest
+    of the one-hot label (knowledge distillation).
     """
 
     class_names: tuple[str, ...] = EMOTIONS
@@ -81,6 +88,8 @@ class FER2013DataModule(pl.LightningDataModule):
         augment: dict | None = None,
         eval_batch_size: int | None = None,
         num_classes: int | None = None,
+        teacher_targets: str | None = None,
+        teacher_weight: float = 0.5,
     ) -> None:
         super().__init__()
         # collects the arguments of subclasses too; then plain containers for weights_only loads
@@ -98,16 +107,21 @@ class FER2013DataModule(pl.LightningDataModule):
         check_class_weighting(class_weighting)
         check_in_channels(in_channels)
         self.batch_augment = BatchAugment(self.hparams.augment, len(self.class_names))
+        _check_distillation(teacher_targets, teacher_weight, self.batch_augment)
         self.arrays: dict[str, SplitArrays] | None = None
+        self._training_targets: torch.Tensor | None = None
 
     def load_arrays(self) -> dict[str, SplitArrays]:
         """Arrays of the three splits; subclasses override this to read another source."""
         return load_fer2013_csv(_absolute(self.hparams.csv_path), self.hparams.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the arrays once (later calls do nothing)."""
+        """Load the arrays once (later calls do nothing); before a fit, also the teacher targets,
+        so that a file that does not fit fails before any work."""
         if self.arrays is None:
             self.arrays = self.load_arrays()
+        if stage == "fit":
+            self.training_targets()
 
     def split_arrays(self, split: str) -> SplitArrays:
         """The arrays of ``split`` (train, val or test), loading them on first use."""
@@ -132,7 +146,8 @@ class FER2013DataModule(pl.LightningDataModule):
         batch_size = self.hparams.batch_size
         if not train:
             batch_size = self.hparams.eval_batch_size or batch_size
-        dataset = FERDataset(self.split_arrays(split), self.hparams.in_channels)
+        targets = self.training_targets() if train else None
+        dataset = FERDataset(self.split_arrays(split), self.hparams.in_channels, targets)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -144,6 +159,20 @@ class FER2013DataModule(pl.LightningDataModule):
             pin_memory=self.pins_memory(),
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def training_targets(self) -> torch.Tensor | None:
+        """The blended teacher targets of the training split (read once), or None without
+        ``teacher_targets``: then the labels are the targets."""
+        if self.hparams.teacher_targets is None:
+            return None
+        if self._training_targets is None:
+            arrays = self.split_arrays("train")
+            teacher = load_teacher_probabilities(
+                _absolute(self.hparams.teacher_targets), arrays, self.class_names
+            )
+            labels = torch.from_numpy(arrays.labels)
+            self._training_targets = blend_targets(labels, teacher, self.hparams.teacher_weight)
+        return self._training_targets
 
     def _unrepeated_sampler(self, dataset: Dataset) -> Sampler | None:
         """Under DDP, each rank's share of an evaluation split, every image once. Lightning's
@@ -253,6 +282,23 @@ class FER2013FoldersDataModule(FER2013DataModule):
     def load_arrays(self) -> dict[str, SplitArrays]:
         return load_fer2013_folders(
             _absolute(self.hparams.root), self.hparams.val_fraction, self.hparams.split_seed
+        )
+
+
+def _check_distillation(
+    teacher_targets: str | None, teacher_weight: float, batch_augment: BatchAugment
+) -> None:
+    """One line for a teacher weight outside [0, 1], or teacher targets with mixup/cutmix (which
+    mix class labels, not probabilities)."""
+    if teacher_targets is None:
+        return
+    number = isinstance(teacher_weight, int | float) and not isinstance(teacher_weight, bool)
+    if not number or not 0.0 <= teacher_weight <= 1.0:
+        raise FERUserError(f"data.teacher_weight={teacher_weight!r} must be a number in [0, 1]")
+    if batch_augment.mix is not None:
+        raise FERUserError(
+            "data.teacher_targets cannot be combined with augment mixup_alpha/cutmix_alpha; "
+            "set them to 0"
         )
 
 
