@@ -153,7 +153,8 @@ def build_data_and_system(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.L
             "data=fer2013 to train on that csv"
         )
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    # a test-only run (train=false) needs no training targets, e.g. a distillation's teacher file
+    datamodule.setup("fit" if cfg.get("train", True) else "test")
     system = hydra.utils.instantiate(
         cfg.model,
         class_weights=datamodule.class_weights(),

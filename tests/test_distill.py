@@ -25,7 +25,7 @@ from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
-from tests.conftest import LIMITED_RUN, run_script, tiny_data_overrides
+from tests.conftest import LIMITED_RUN, run_module, run_script, tiny_data_overrides
 
 # a 3-channel teacher whose shipped TTA is tencrop, beside the 1-channel tiny run
 SHIPPED_TEACHER = "pretrained:deep"
@@ -173,6 +173,34 @@ def test_teacher_targets_of_other_classes_or_foreign_files_are_refused(
     }
     (tmp_path / "truncated.pt").write_bytes(ferplus.read_bytes()[:100])
     cases[tmp_path / "truncated.pt"] = r"not a teacher-targets file \("
+    uniform = torch.full((len(arrays.labels), 7), 1 / 7)
+    for name, change, message in [
+        ("no_tta.pt", lambda r: r.pop("tta"), r"not a teacher-targets file \(write one"),
+        (
+            "short.pt",
+            lambda r: r.update(probabilities=uniform[:32]),
+            r"its probabilities have shape \(32, 7\), the training set needs \(280, 7\)",
+        ),
+        (
+            "integer.pt",
+            lambda r: r.update(probabilities=uniform.long()),
+            "its probabilities are not a float tensor",
+        ),
+        (
+            "negative.pt",
+            lambda r: r["probabilities"][5].sub_(2 / 7),
+            "row 5 of its probabilities is not a probability",
+        ),
+        (
+            "unnormalised.pt",
+            lambda r: r["probabilities"][9].mul_(2),
+            "row 9 of its probabilities is not a probability",
+        ),
+    ]:
+        record = teacher_record(uniform.clone(), arrays, EMOTIONS, [], [])
+        change(record)
+        torch.save(record, tmp_path / name)
+        cases[tmp_path / name] = message
     for path, message in cases.items():
         datamodule = FER2013DataModule(str(tiny_csv), teacher_targets=str(path))
         with pytest.raises(FERUserError, match=f"data.teacher_targets=.*{path.name}: {message}"):
@@ -192,6 +220,46 @@ def test_distillation_settings_are_checked_in_one_line(tiny_csv, settings, messa
         FER2013DataModule(str(tiny_csv), teacher_targets="t.pt", **settings)
 
 
+def test_a_teacher_weight_without_teacher_targets_is_still_checked(tiny_csv):
+    with pytest.raises(FERUserError, match=r"data.teacher_weight=7 must be a number in \[0, 1\]"):
+        FER2013DataModule(str(tiny_csv), teacher_weight=7)
+
+
+def test_distill_refuses_a_partial_labelling_and_writes_nothing(trained_checkpoint, tmp_path):
+    cfg = distill_cfg(
+        tmp_path, f"ckpt_path={trained_checkpoint}", "+trainer.limit_predict_batches=1"
+    )
+    with pytest.raises(FERUserError, match=r"labelled 256 of 280 training images; .*nothing was"):
+        write_teacher_targets(cfg)
+    assert not (tmp_path / "distill").exists() or not list((tmp_path / "distill").iterdir())
+
+
+def test_distill_refuses_an_output_folder_before_labelling(trained_checkpoint, tmp_path):
+    cfg = distill_cfg(tmp_path, f"ckpt_path={trained_checkpoint}", f"output={tmp_path}")
+    with pytest.raises(FERUserError, match=f"output={tmp_path} is a folder; name the file"):
+        write_teacher_targets(cfg)
+
+
+def test_distill_refuses_teachers_trained_on_another_split(trained_checkpoint, tmp_path):
+    """A teacher that trained on the student's validation images would leak them."""
+    other = torch.load(trained_checkpoint, weights_only=True)
+    other["fer_run_config"]["data"]["split_seed"] = 1
+    torch.save(other, tmp_path / "other_split.ckpt")
+    paths = f"ckpt_path=[{trained_checkpoint},{tmp_path / 'other_split.ckpt'}]"
+    with pytest.raises(FERUserError, match=r"other_split.ckpt: trained on another split of the"):
+        write_teacher_targets(distill_cfg(tmp_path, paths))
+
+
+def test_a_test_only_run_does_not_need_the_teacher_file(train_cfg, trained_checkpoint, tmp_path):
+    cfg = train_cfg(
+        "train=false",
+        "test=true",
+        f"init_weights={trained_checkpoint}",
+        f"data.teacher_targets={tmp_path / 'gone.pt'}",
+    )
+    assert train(cfg)["test/acc"] >= 0
+
+
 def test_train_py_names_a_missing_teacher_file_in_one_line(tiny_csv, tmp_path):
     result = run_script(
         "train.py",
@@ -206,3 +274,20 @@ def test_train_py_names_a_missing_teacher_file_in_one_line(tiny_csv, tmp_path):
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_distill_cli_asks_for_a_csv_that_is_not_here_in_one_line(trained_checkpoint, tmp_path):
+    moved = torch.load(trained_checkpoint, weights_only=True)
+    moved["fer_run_config"]["data"]["csv_path"] = str(tmp_path / "elsewhere" / "fer2013.csv")
+    torch.save(moved, tmp_path / "moved.ckpt")
+    result = run_module(
+        "fer_lightning.distill",
+        f"ckpt_path=[{tmp_path / 'moved.ckpt'},pretrained:deep]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "moved.ckpt: the csv it was trained on" in result.stderr
+    assert "name yours with data.csv_path=" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "teacher_targets.pt").exists()

@@ -1,5 +1,5 @@
-"""Every command README gives for train.py, evaluate.py and the export/predict/explore modules
-composes with its overrides (a user who copies one never meets "not in struct" or an unknown
+"""Every command README gives for train.py, evaluate.py and the export/predict/explore/distill
+modules composes with its overrides (a user who copies one never meets "not in struct" or an unknown
 option), and every train.py command builds its data and system, on tiny data.
 
 README's notation is read as a reader would: ``[a=b]`` is optional (tested with it), ``a=x|y``
@@ -15,11 +15,14 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import pytest
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import Container, DictConfig, OmegaConf
 
 from fer_lightning.config import ROOT, compose_config
+from fer_lightning.data.teacher import teacher_record
 from fer_lightning.training import build_data_and_system
 from tests.conftest import write_ferplus_votes
 
@@ -184,6 +187,17 @@ def _tiny_data_overrides(
     return overrides
 
 
+def _uniform_teacher(data: DictConfig, path: Path) -> Path:
+    """A teacher-targets file for the training split of `data` (its file setting unset): every
+    class equally likely."""
+    datamodule = hydra.utils.instantiate(data, teacher_targets=None)
+    arrays = datamodule.split_arrays("train")
+    classes = list(datamodule.class_names)
+    probabilities = torch.full((len(arrays.labels), len(classes)), 1 / len(classes))
+    torch.save(teacher_record(probabilities, arrays, classes, [], []), path)
+    return path
+
+
 @pytest.mark.parametrize("command", TRAIN_COMMANDS, ids=str)
 def test_readme_train_command_builds_its_data_and_system(
     command: ReadmeCommand, tmp_path: Path, tiny_csv: Path, tiny_votes: Path
@@ -191,6 +205,8 @@ def test_readme_train_command_builds_its_data_and_system(
     data = compose_config("train", tmp_path, command.overrides).data
     tiny = _tiny_data_overrides(data, tiny_csv, tiny_votes, tmp_path / "data")
     cfg = compose_config("train", tmp_path, [*command.overrides, *tiny])
+    if cfg.data.teacher_targets:  # a file of the distill task, made here for the tiny data
+        cfg.data.teacher_targets = str(_uniform_teacher(cfg.data, tmp_path / "teacher.pt"))
     datamodule, system = build_data_and_system(cfg)
     images, labels = next(iter(datamodule.train_dataloader()))
     assert system(images).shape == (len(labels), datamodule.num_classes)

@@ -43,20 +43,20 @@ class FERDataset(Dataset):
         self, arrays: SplitArrays, in_channels: int = 1, targets: torch.Tensor | None = None
     ):
         self.images = torch.from_numpy(arrays.images).unsqueeze(1)
-        self.labels = torch.from_numpy(arrays.labels) if targets is None else targets
+        self.targets = torch.from_numpy(arrays.labels) if targets is None else targets
         self.in_channels = check_in_channels(in_channels)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.__getitems__([index])
-        return images[0], labels[0]
+        images, targets = self.__getitems__([index])
+        return images[0], targets[0]
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, in_channels, 48, 48) in [-1, 1] and the targets of ``indices``."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return normalize(self.images[index], self.in_channels), self.labels[index]
+        return normalize(self.images[index], self.in_channels), self.targets[index]
 
 
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,12 +290,10 @@ def _check_distillation(
 ) -> None:
     """One line for a teacher weight outside [0, 1], or teacher targets with mixup/cutmix (which
     mix class labels, not probabilities)."""
-    if teacher_targets is None:
-        return
     number = isinstance(teacher_weight, int | float) and not isinstance(teacher_weight, bool)
     if not number or not 0.0 <= teacher_weight <= 1.0:
         raise FERUserError(f"data.teacher_weight={teacher_weight!r} must be a number in [0, 1]")
-    if batch_augment.mix is not None:
+    if teacher_targets is not None and batch_augment.mix is not None:
         raise FERUserError(
             "data.teacher_targets cannot be combined with augment mixup_alpha/cutmix_alpha; "
             "set them to 0"

@@ -17,6 +17,8 @@ from fer_lightning.data.fer2013_csv import SplitArrays
 from fer_lightning.errors import FERUserError, first_line
 
 TEACHER_FORMAT = "fer_lightning.teacher_targets/1"
+RECORD_KEYS = ("format", "probabilities", "class_names", "train_fingerprint", "teachers", "tta")
+ROW_SUM_TOLERANCE = 1e-3
 
 
 def split_fingerprint(arrays: SplitArrays) -> str:
@@ -60,7 +62,8 @@ def load_teacher_probabilities(
         ) from err
     except Exception as err:  # a truncated or foreign file: torch raises several kinds
         raise FERUserError(f"{source}: not a teacher-targets file ({first_line(err)})") from err
-    if not isinstance(record, dict) or record.get("format") != TEACHER_FORMAT:
+    complete = isinstance(record, dict) and all(key in record for key in RECORD_KEYS)
+    if not complete or record["format"] != TEACHER_FORMAT:
         raise FERUserError(
             f"{source}: not a teacher-targets file (write one with python -m fer_lightning.distill)"
         )
@@ -75,7 +78,28 @@ def load_teacher_probabilities(
             f"{source}: made for another training set ({len(probabilities)} images; this one "
             f"has {len(arrays.labels)}, or they differ); write it again for this data"
         )
+    _check_probabilities(source, probabilities, (len(arrays.labels), len(class_names)))
     return probabilities
+
+
+def _check_probabilities(source: str, probabilities: Any, shape: tuple[int, int]) -> None:
+    """One line unless ``probabilities`` is a float tensor of ``shape`` whose rows are
+    probabilities (finite, non-negative, summing to 1)."""
+    if not torch.is_tensor(probabilities) or not probabilities.is_floating_point():
+        raise FERUserError(f"{source}: its probabilities are not a float tensor")
+    if tuple(probabilities.shape) != shape:
+        raise FERUserError(
+            f"{source}: its probabilities have shape {tuple(probabilities.shape)}, the training "
+            f"set needs {shape} (one row per image, one column per class)"
+        )
+    valid_rows = probabilities.isfinite().all(1) & (probabilities >= 0).all(1)
+    valid_rows &= (probabilities.sum(1) - 1).abs() < ROW_SUM_TOLERANCE
+    if not valid_rows.all():
+        row = int((~valid_rows).nonzero()[0])
+        raise FERUserError(
+            f"{source}: row {row} of its probabilities is not a probability distribution "
+            f"({probabilities[row].tolist()})"
+        )
 
 
 def blend_targets(labels: torch.Tensor, probabilities: torch.Tensor, weight: float) -> torch.Tensor:
