@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from fer_lightning.report import plot_confusion_matrix
@@ -170,13 +171,67 @@ def log_hparams_with_metrics(
     logger.finalize("success")
 
 
+class HostCountedAveragedModel(AveragedModel):
+    """torch's ``AveragedModel`` with a fused ``multi_avg_fn``, whose updates never read the update
+    counter back from the device.
+
+    torch's ``update_parameters`` tests the ``n_averaged`` buffer twice per update: two host waits
+    per training step on a GPU. Here a host copy of the count decides between the first update's
+    copy and the average; the buffer still advances (on the device, without a read) so that
+    checkpoints carry the count, and it is read once after a checkpoint has been loaded into it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        multi_avg_fn: Any,
+        device: torch.device | int | None = None,
+        use_buffers: bool = False,
+    ) -> None:
+        super().__init__(model, device=device, multi_avg_fn=multi_avg_fn, use_buffers=use_buffers)
+        self._host_count: int | None = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_count = None  # the loaded count is read on the next update
+
+    def _averaged_tensors(self, model: nn.Module) -> list[torch.Tensor]:
+        buffers = [*model.buffers()] if self.use_buffers else []
+        return [tensor.detach() for tensor in [*model.parameters(), *buffers]]
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._host_count is None:
+            self._host_count = int(self.n_averaged)
+        averaged = self._averaged_tensors(self.module)
+        current = [
+            tensor.to(average.device)
+            for average, tensor in zip(averaged, self._averaged_tensors(model), strict=True)
+        ]
+        if self._host_count == 0:
+            for average, tensor in zip(averaged, current, strict=True):
+                average.copy_(tensor)
+        else:
+            # the fused kernels take one device and dtype per call
+            groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+            for average, tensor in zip(averaged, current, strict=True):
+                group = groups.setdefault((average.device, average.dtype), ([], []))
+                group[0].append(average)
+                group[1].append(tensor)
+            for group_averaged, group_current in groups.values():
+                self.multi_avg_fn(group_averaged, group_current, self.n_averaged)
+        self.n_averaged += 1
+        self._host_count += 1
+
+
 class EMAWeights(EMAWeightAveraging):
     """Lightning's EMA of the weights, updated with one fused ``_foreach_lerp_`` per device and
-    dtype, and a checkpoint loaded to test or predict keeps its averaged weights.
+    dtype and no host wait, and a checkpoint loaded to test or predict keeps its averaged weights.
 
     Lightning passes torch's per-tensor ``avg_fn``: three kernels and two temporaries per
     parameter and buffer, every step (hundreds of kernel launches per step on a GPU). torch's
     ``multi_avg_fn`` computes the same average in place; benchmarks/bench_ema.py times both.
+    `HostCountedAveragedModel` applies it without reading the update counter from the device.
 
     Checkpoints hold the average in ``state_dict`` (what validation scored and selected) and the
     raw weights in ``current_model_state``. The parent restores the raw weights on every load
@@ -186,9 +241,18 @@ class EMAWeights(EMAWeightAveraging):
 
     def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
         super().__init__(decay=decay, **kwargs)
-        # AveragedModel takes the fused path whenever multi_avg_fn is set; avg_fn then goes unused
         self._kwargs.pop("avg_fn")
         self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # the parent's fit setup, building the averaged copy as a HostCountedAveragedModel
+        if stage == "fit":
+            self._average_model = HostCountedAveragedModel(
+                pl_module,
+                device=self._device or pl_module.device,
+                use_buffers=self._use_buffers,
+                **self._kwargs,
+            )
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

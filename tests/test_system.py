@@ -14,10 +14,16 @@ from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fer_lightning import callbacks
-from fer_lightning.callbacks import EMAWeights, TensorBoardExtras, log_hparams_with_metrics
+from fer_lightning.callbacks import (
+    EMAWeights,
+    HostCountedAveragedModel,
+    TensorBoardExtras,
+    log_hparams_with_metrics,
+)
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_lightning.errors import FERUserError
 from fer_lightning.system import FERSystem
@@ -433,6 +439,36 @@ def test_fused_ema_averages_what_lightnings_per_tensor_ema_does(tmp_path: Path) 
     torch.testing.assert_close(raw_states[0], raw_states[1])
     assert not torch.allclose(fused["layers.0.weight"], raw_states[0]["layers.0.weight"])
     assert not torch.allclose(fused["layers.1.running_var"], raw_states[0]["layers.1.running_var"])
+
+
+def test_host_counted_average_equals_torchs_and_continues_a_loaded_one() -> None:
+    """Without reading its counter, the average still copies on the first update only, and one
+    loaded from a state dict (a resumed fit) goes on averaging."""
+
+    def average(kind: type[AveragedModel], net: nn.Module) -> AveragedModel:
+        return kind(net, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+
+    torch.manual_seed(0)
+    net = TinyBatchNormNet()
+    reference, ours = average(AveragedModel, net), average(HostCountedAveragedModel, net)
+
+    def step() -> None:
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        net(torch.rand(4, 1, IMAGE_SIZE, IMAGE_SIZE))  # moves the BatchNorm statistics
+        reference.update_parameters(net)
+
+    for _ in range(3):
+        step()
+        ours.update_parameters(net)
+    resumed = average(HostCountedAveragedModel, TinyBatchNormNet())
+    resumed.load_state_dict(ours.state_dict())
+    step()
+    resumed.update_parameters(net)
+    assert int(resumed.n_averaged) == 4
+    torch.testing.assert_close(resumed.state_dict(), reference.state_dict())
+    assert not torch.allclose(resumed.module.layers[0].weight, net.layers[0].weight)
 
 
 def test_tensorboard_extras_are_a_no_op_without_tensorboard(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fer_lightning.callbacks import EMAWeights
 from fer_lightning.checkpoint import (
@@ -166,6 +168,54 @@ def test_ema_resume_continues_the_raw_weights_and_the_average(train_cfg, monkeyp
     assert not torch.equal(saved["current_model_state"][weight], saved["state_dict"][weight])
     assert seen["average"]["n_averaged"] == 3
     assert read_checkpoint(last)["averaging_state"]["n_averaged"] == 6  # 3 more updates
+
+
+class _CountDeviceReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (``.item()``, ``bool(tensor)``, ...): on a GPU
+    each is a host wait for the device; on the CPU each dispatches ``aten::_local_scalar_dense``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads.append("".join(traceback.format_stack(limit=12)[:-1]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_read_nothing_back_from_the_device(train_cfg, monkeypatch):
+    """The deep recipe's training steps (batch transfer and augmentation, forward, backward,
+    gradient clipping, optimizer, EMA update, metrics and their `self.log`) read no tensor value
+    on the host between two logger writes, so on a GPU the host never waits for the device there.
+    SGD stands in for AdamW, whose CPU implementation reads its step counters (on a GPU they stay
+    on the host)."""
+    STEPS = 6
+    counter = _CountDeviceReads()
+
+    def count_between_first_and_last_step(self, outputs, batch, batch_idx) -> None:
+        # the system's hook runs after the callbacks' (the EMA update), so from the end of the
+        # first step to the end of the last one counts whole steps, each batch's transfer and
+        # augmentation included; the epoch's end (checkpoints, epoch logging) reads on purpose
+        if batch_idx == 0:
+            counter.__enter__()
+        elif batch_idx == STEPS - 1:
+            counter.__exit__(None, None, None)
+
+    monkeypatch.setattr(FERSystem, "on_train_batch_end", count_between_first_and_last_step)
+    cfg = train_cfg(
+        "experiment=deep_fer2013",
+        "model.optimizer._target_=torch.optim.SGD",
+        "+model.optimizer.momentum=0.9",
+        "~model.optimizer.weight_decay",
+        "test=false",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={STEPS}",
+        "trainer.limit_val_batches=1",
+        f"trainer.log_every_n_steps={STEPS}",
+    )
+    train(cfg)
+    assert counter.reads == [], counter.reads[0]
 
 
 def test_run_dir_layout(trained_run):
