@@ -16,6 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fer_lightning.callbacks import EMAWeights
@@ -170,52 +171,95 @@ def test_ema_resume_continues_the_raw_weights_and_the_average(train_cfg, monkeyp
     assert read_checkpoint(last)["averaging_state"]["n_averaged"] == 6  # 3 more updates
 
 
-class _CountDeviceReads(TorchDispatchMode):
-    """Counts reads of a tensor's value by the host (``.item()``, ``bool(tensor)``, ...): on a GPU
-    each is a host wait for the device; on the CPU each dispatches ``aten::_local_scalar_dense``."""
+# what makes the host wait for a GPU: reading a value, copying to the host, or an op whose output
+# size depends on the values (nonzero, unique, boolean masks)
+HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
+DATA_DEPENDENT = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select"}
+
+
+class _HostReads(TorchFunctionMode):
+    """Records the host's reads of tensor values while active: every Python-level call in
+    HOST_READS or DATA_DEPENDENT or a boolean-mask index, and (through a dispatch mode) the
+    ``_local_scalar_dense`` and ``nonzero`` calls that C++ code makes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self.active = False
+        outer = self
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads.append("".join(traceback.format_stack(limit=12)[:-1]))
+        class CppReads(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.__name__.split(".")[0] in {"_local_scalar_dense", "nonzero"}:
+                    outer._record(func.__name__)
+                return func(*args, **(kwargs or {}))
+
+        self._cpp_reads = CppReads()
+
+    def _record(self, name: str) -> None:
+        self.reads.append(name + "\n" + "".join(traceback.format_stack(limit=12)[:-2]))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        index = args[1] if name == "__getitem__" else None
+        masks = [item for item in (index if isinstance(index, tuple) else (index,))]
+        if name in HOST_READS | DATA_DEPENDENT or any(
+            isinstance(mask, torch.Tensor) and mask.dtype == torch.bool for mask in masks
+        ):
+            self._record(name)
         return func(*args, **(kwargs or {}))
+
+    def start(self) -> None:
+        self.__enter__()
+        self._cpp_reads.__enter__()
+        self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            self._cpp_reads.__exit__(None, None, None)
+            self.__exit__(None, None, None)
+            self.active = False
 
 
 def test_training_steps_read_nothing_back_from_the_device(train_cfg, monkeypatch):
-    """The deep recipe's training steps (batch transfer and augmentation, forward, backward,
-    gradient clipping, optimizer, EMA update, metrics and their `self.log`) read no tensor value
-    on the host between two logger writes, so on a GPU the host never waits for the device there.
-    SGD stands in for AdamW, whose CPU implementation reads its step counters (on a GPU they stay
-    on the host)."""
+    """The deep recipe's training steps on the GPU trainer's bf16 autocast (batch transfer and
+    augmentation, forward, backward, gradient clipping, optimizer, EMA update, metrics and their
+    `self.log`, the progress bar) make none of the host reads that wait for a GPU, between two
+    logger writes. SGD with Nesterov momentum stands in for AdamW, whose CPU implementation reads
+    its step counters (on a GPU they stay on the host; its fused form refuses gradient clipping).
+    A device-to-host copy by `.to()` is not told apart from a host-to-device one here;
+    `torch.cuda.set_sync_debug_mode` on a GPU would."""
     STEPS = 6
-    counter = _CountDeviceReads()
+    reads = _HostReads()
 
     def count_between_first_and_last_step(self, outputs, batch, batch_idx) -> None:
-        # the system's hook runs after the callbacks' (the EMA update), so from the end of the
-        # first step to the end of the last one counts whole steps, each batch's transfer and
-        # augmentation included; the epoch's end (checkpoints, epoch logging) reads on purpose
+        # the system's hook runs after the callbacks' (the EMA update, the progress bar), so from
+        # the end of the first step to the end of the last one covers whole steps, each batch's
+        # transfer and augmentation included; the epoch's end (checkpoints, epoch logs) reads
         if batch_idx == 0:
-            counter.__enter__()
+            reads.start()
         elif batch_idx == STEPS - 1:
-            counter.__exit__(None, None, None)
+            reads.stop()
 
     monkeypatch.setattr(FERSystem, "on_train_batch_end", count_between_first_and_last_step)
     cfg = train_cfg(
         "experiment=deep_fer2013",
+        "trainer.precision=bf16-mixed",
         "model.optimizer._target_=torch.optim.SGD",
         "+model.optimizer.momentum=0.9",
-        "~model.optimizer.weight_decay",
+        "+model.optimizer.nesterov=true",
         "test=false",
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={STEPS}",
         "trainer.limit_val_batches=1",
         f"trainer.log_every_n_steps={STEPS}",
     )
-    train(cfg)
-    assert counter.reads == [], counter.reads[0]
+    assert cfg.callbacks.ema
+    try:
+        train(cfg)
+    finally:
+        reads.stop()
+    assert reads.reads == [], reads.reads[0]
 
 
 def test_run_dir_layout(trained_run):
