@@ -144,10 +144,9 @@ def test_bench_precision_rates_every_setting_against_fp32() -> None:
         ["baseline", "bf16-mixed + channels_last"],
     ]
     assert number(rows[0][3]) == 1.0
-    for _, _, rate, speed_up in rows:  # speed-up is the rate over fp32's rate
-        assert number(speed_up) == pytest.approx(
-            number(rate) / number(rows[0][2]), rel=0.02, abs=0.01
-        )
+    for _, _, rate, speed_up in rows:  # speed-up is the rate over fp32's unrounded rate
+        # rates are printed to whole images/s, which at a few images/s moves their ratio a lot
+        assert_ratio_of_rounded(number(speed_up), number(rate), number(rows[0][2]), 0.5, 0.005)
 
 
 def test_bench_ema_times_both_averages_of_every_net() -> None:
