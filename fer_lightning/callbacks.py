@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -184,7 +184,7 @@ class HostCountedAveragedModel(AveragedModel):
     def __init__(
         self,
         model: nn.Module,
-        multi_avg_fn: Any,
+        multi_avg_fn: Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None],
         device: torch.device | int | None = None,
         use_buffers: bool = False,
     ) -> None:

@@ -175,38 +175,44 @@ def test_ema_resume_continues_the_raw_weights_and_the_average(train_cfg, monkeyp
 # size depends on the values (nonzero, unique, boolean masks)
 HOST_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"}
 DATA_DEPENDENT = {"nonzero", "argwhere", "unique", "unique_consecutive", "masked_select"}
+CPP_HOST_READS = {"_local_scalar_dense", "nonzero"}  # what C++ code calls for the same
+
+
+def _where_called(name: str) -> str:
+    return name + "\n" + "".join(traceback.format_stack(limit=12)[:-2])
+
+
+class _CppHostReads(TorchDispatchMode):
+    """Records the CPP_HOST_READS calls that reach the dispatcher, from C++ code too."""
+
+    def __init__(self, reads: list[str]) -> None:
+        super().__init__()
+        self.reads = reads
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in CPP_HOST_READS:
+            self.reads.append(_where_called(func.__name__))
+        return func(*args, **(kwargs or {}))
 
 
 class _HostReads(TorchFunctionMode):
-    """Records the host's reads of tensor values while active: every Python-level call in
-    HOST_READS or DATA_DEPENDENT or a boolean-mask index, and (through a dispatch mode) the
-    ``_local_scalar_dense`` and ``nonzero`` calls that C++ code makes."""
+    """Records the host's reads of tensor values between `start` and `stop`: every Python-level
+    call in HOST_READS or DATA_DEPENDENT, every boolean-mask index, and `_CppHostReads`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads: list[str] = []
+        self._cpp_reads = _CppHostReads(self.reads)
         self.active = False
-        outer = self
-
-        class CppReads(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                if func.__name__.split(".")[0] in {"_local_scalar_dense", "nonzero"}:
-                    outer._record(func.__name__)
-                return func(*args, **(kwargs or {}))
-
-        self._cpp_reads = CppReads()
-
-    def _record(self, name: str) -> None:
-        self.reads.append(name + "\n" + "".join(traceback.format_stack(limit=12)[:-2]))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        index = args[1] if name == "__getitem__" else None
-        masks = [item for item in (index if isinstance(index, tuple) else (index,))]
+        index = args[1] if name == "__getitem__" else ()
+        items = index if isinstance(index, tuple) else (index,)
         if name in HOST_READS | DATA_DEPENDENT or any(
-            isinstance(mask, torch.Tensor) and mask.dtype == torch.bool for mask in masks
+            isinstance(item, torch.Tensor) and item.dtype == torch.bool for item in items
         ):
-            self._record(name)
+            self.reads.append(_where_called(name))
         return func(*args, **(kwargs or {}))
 
     def start(self) -> None:
