@@ -220,6 +220,9 @@ class HostCountedAveragedModel(AveragedModel):
                 group[1].append(tensor)
             for group_averaged, group_current in groups.values():
                 self.multi_avg_fn(group_averaged, group_current, self.n_averaged)
+        if not self.use_buffers:  # as torch's: buffers that are not averaged follow the model
+            for kept, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
+                kept.copy_(buffer.detach())
         self.n_averaged += 1
         self._host_count += 1
 

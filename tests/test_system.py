@@ -441,12 +441,13 @@ def test_fused_ema_averages_what_lightnings_per_tensor_ema_does(tmp_path: Path) 
     assert not torch.allclose(fused["layers.1.running_var"], raw_states[0]["layers.1.running_var"])
 
 
-def test_host_counted_average_equals_torchs_and_continues_a_loaded_one() -> None:
+@pytest.mark.parametrize("use_buffers", [True, False])
+def test_host_counted_average_equals_torchs_and_continues_a_loaded_one(use_buffers: bool) -> None:
     """Without reading its counter, the average still copies on the first update only, and one
     loaded from a state dict (a resumed fit) goes on averaging."""
 
     def average(kind: type[AveragedModel], net: nn.Module) -> AveragedModel:
-        return kind(net, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+        return kind(net, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=use_buffers)
 
     torch.manual_seed(0)
     net = TinyBatchNormNet()
