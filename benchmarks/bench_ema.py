@@ -31,12 +31,12 @@ from fer_lightning.config import compose_config
 from fer_lightning.system import FERSystem
 
 
-def update_seconds(average: AveragedModel, net: torch.nn.Module) -> float:
-    """Wall time of one update of ``average`` from ``net`` (the device waited for)."""
-    synchronize = torch.cuda.synchronize if next(net.parameters()).is_cuda else (lambda: None)
+def update_seconds(average: AveragedModel, model: torch.nn.Module) -> float:
+    """Wall time of one update of ``average`` from ``model`` (the device waited for)."""
+    synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    average.update_parameters(net)
+    average.update_parameters(model)
     synchronize()
     return time.perf_counter() - start
 
