@@ -18,25 +18,34 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from fer_lightning.errors import FERUserError
+from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.files import write_atomically
+from fer_lightning.preemption import PREEMPTED_EXIT_STATUS, RunPreempted
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FAILED_MARKER = "FAILED"
+# left in the folder of a multirun job that SIGTERM stopped (it resumes with ckpt_path=auto)
+PREEMPTED_MARKER = "PREEMPTED"
 
 
 def user_error(error: BaseException) -> FERUserError | None:
     """The user mistake behind `error`, if any: Hydra wraps errors raised while it instantiates
-    a config node (e.g. a datamodule rejecting batch_size=0) in an InstantiationException, and a
-    required setting left out (``???`` in the config) raises MissingMandatoryValue."""
-    while error is not None and not isinstance(error, FERUserError | MissingMandatoryValue):
+    a config node (e.g. a datamodule rejecting batch_size=0) in an InstantiationException, a
+    required setting left out (``???`` in the config) raises MissingMandatoryValue, and
+    Lightning's own checks of its settings raise MisconfigurationException (e.g. resuming with
+    fewer trainer.max_epochs than the checkpoint has done)."""
+    mistakes = FERUserError | MissingMandatoryValue | MisconfigurationException
+    while error is not None and not isinstance(error, mistakes):
         error = error.__cause__
     if isinstance(error, MissingMandatoryValue):
         key = error.full_key
         return FERUserError(f"{key} is required: add {key}=... to the command")
+    if isinstance(error, MisconfigurationException):
+        return FERUserError(first_line(error))
     return error
 
 
@@ -45,6 +54,9 @@ def exit_on_user_error(task: Callable[..., T], *args: object) -> T:
     try:
         with lightning_noise_muted():
             return task(*args)
+    except RunPreempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     except Exception as err:
         mistake = user_error(err)
         if mistake is None:
@@ -59,13 +71,18 @@ def run_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     A single run behaves like :func:`exit_on_user_error`. In a multirun, a failing job (user
     mistake or crash) is logged and recorded in its folder and returns None, so the other jobs
     still run: the basic sweeper ignores return values, and the Optuna sweeper marks the trial
-    failed (a NaN would crash it). `ReportFailedJobs` lists the failures at the end.
+    failed (a NaN would crash it). `ReportFailedJobs` lists the failures at the end. A job that
+    SIGTERM stopped is recorded as preempted and ends the sweep with status 143: the process is
+    going away, so the jobs after it do not start.
     """
     if not in_multirun():
         return exit_on_user_error(task, cfg)
     try:
         with lightning_noise_muted():
             return task(cfg)
+    except RunPreempted as stop:
+        record_job_preempted(stop)
+        raise SystemExit(PREEMPTED_EXIT_STATUS) from None
     except Exception as err:  # any failure of one job; KeyboardInterrupt still ends the sweep
         record_job_failure(err)
         return None
@@ -96,11 +113,32 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _current_job() -> str:
+    """The running multirun job, as ReportFailedJobs names it: its number and overrides."""
+    hydra_cfg = HydraConfig.get()
+    return f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task) or 'no overrides'})"
+
+
+def record_job_preempted(stop: RunPreempted) -> None:
+    """Leave a PREEMPTED file in the job folder and say, in one line, that the sweep stops and
+    how to resume it."""
+    hydra_cfg = HydraConfig.get()
+    job = _current_job()
+    marker = Path(hydra_cfg.runtime.output_dir) / PREEMPTED_MARKER
+    write_atomically(marker, lambda file: file.write(f"{job}\n{stop}\n".encode()))
+    print(
+        f"preempted: {job} {str(stop).split('; resume')[0]} (details: {marker}); the sweep "
+        f"stops here; resume it with the same command plus ckpt_path=auto "
+        f"hydra.sweep.dir={hydra_cfg.sweep.dir}",
+        file=sys.stderr,
+    )
+
+
 def record_job_failure(error: Exception) -> None:
     """Log a failed multirun job and leave a FAILED file in its job folder: the job, a one-line
     summary and, for errors that are not user mistakes, the traceback."""
     hydra_cfg = HydraConfig.get()
-    job = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task) or 'no overrides'})"
+    job = _current_job()
     mistake = user_error(error)
     if mistake is not None:
         summary, details = str(mistake), ""
@@ -114,25 +152,47 @@ def record_job_failure(error: Exception) -> None:
 
 
 class ReportFailedJobs(Callback):
-    """At the end of a multirun, list the jobs that left a FAILED file and exit with status 1.
+    """At the end of a multirun, list the jobs that left a FAILED or PREEMPTED file and exit with
+    status 1. The run folder itself is checked first: one under a file is one line.
 
     Works with any launcher whose jobs write into the sweep folder (basic, submitit on SLURM).
     """
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_creatable_folder(config.hydra.run.dir, "hydra.run.dir")
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        for stale in Path(config.hydra.sweep.dir).rglob(FAILED_MARKER):  # of an earlier sweep
-            stale.unlink()
+        check_creatable_folder(config.hydra.sweep.dir, "hydra.sweep.dir")
+        for name in (FAILED_MARKER, PREEMPTED_MARKER):  # of an earlier sweep
+            for stale in Path(config.hydra.sweep.dir).rglob(name):
+                stale.unlink()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failures = sorted(Path(config.hydra.sweep.dir).rglob(FAILED_MARKER))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failures = sorted([*sweep_dir.rglob(FAILED_MARKER), *sweep_dir.rglob(PREEMPTED_MARKER)])
         if not failures:
             return
-        lines = [f"error: {len(failures)} multirun job(s) failed, the others ran to the end:"]
+        lines = [f"error: {len(failures)} multirun job(s) failed or were preempted:"]
         for marker in failures:
             job, summary = [*marker.read_text().splitlines(), ""][:2]
             lines.append(f"  {job}: {summary} (details: {marker})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(1)
+
+
+def check_creatable_folder(folder: str, setting: str) -> None:
+    """Exit in one line (status 2) when ``folder`` cannot be a folder: it, or a folder above it,
+    is a file. Hydra would fail creating it with a traceback."""
+    path = Path(folder).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                print(
+                    f"error: {setting}={folder}: {candidate} is a file, not a folder",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)
+            return
 
 
 def hydra_quoted(value: str) -> str:

@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from fer_lightning.builders import (
     build_trainer,
     check_runs_test_batches,
+    check_setting_types,
     instantiate_group,
-    resolve_gpus_alias,
 )
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import (
@@ -29,23 +30,66 @@ from fer_lightning.checkpoint import (
     StoreRunConfig,
     check_resumable,
     load_net_weights,
+    load_weights,
+    read_checkpoint,
 )
 from fer_lightning.cli import in_multirun
 from fer_lightning.data import SyntheticFER2013DataModule
 from fer_lightning.errors import FERUserError, check_whole_number
+from fer_lightning.preemption import RunPreempted, last_checkpoint_path
 from fer_lightning.report import publish_report
 
 log = logging.getLogger(__name__)
 # counters Lightning's ModelCheckpoint may monitor besides the logged metrics
 EPOCH_COUNTERS = frozenset({"epoch", "step"})
+# ckpt_path=auto resumes from the run folder's last.ckpt when there is one (a requeued job)
+AUTO_RESUME = "auto"
+# the test report's summary, one of the files a run leaves in its folder
+REPORT_FILE = "metrics.json"
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train the configured system and return its metrics (val during fit, test after)."""
+    """Train the configured system and return its metrics (val during fit, test after): the
+    config is checked once, then build, fit, test and report."""
+    check_train_config(cfg)
+    ckpt_path = prepare_run_folder(cfg)
     if cfg.get("seed") is not None:
-        pl.seed_everything(check_whole_number("seed", cfg.seed, 0), workers=True)
+        pl.seed_everything(cfg.seed, workers=True)
 
-    trainer_cfg = resolve_gpus_alias(cfg.trainer)  # fail on a missing GPU before any data work
+    run_config = resolved_run_config(cfg)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = build_trainer(cfg.trainer, callbacks, loggers)  # a missing GPU fails before data
+    if cfg.get("test"):
+        check_runs_test_batches(trainer, "; set test=false to skip the test")
+    datamodule, system = build_data_and_system(cfg)
+    if ckpt_path:
+        check_resumable(ckpt_path, cfg.model, system)
+    if cfg.get("init_weights"):
+        load_net_weights(system, cfg.init_weights)
+    if cfg.get("train"):
+        check_monitors(callbacks, system)
+
+    metrics: dict[str, float] = {}
+    try:
+        if cfg.get("train"):
+            metrics.update(_fit(cfg, trainer, system, datamodule, ckpt_path))
+        if cfg.get("test"):
+            metrics.update(_test_and_report(cfg, trainer, system, datamodule, metrics, run_config))
+    except SIGTERMException:
+        raise RunPreempted(
+            last_checkpoint_path(trainer), trainer.current_epoch, trainer.global_step
+        ) from None
+    return metrics
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Every check of the config that needs no data, before anything runs or is written: the
+    settings against the types their targets declare, then the combinations that would train
+    nothing, or test weights nobody meant."""
+    check_setting_types(cfg)
+    if cfg.get("seed") is not None:
+        check_whole_number("seed", cfg.seed, 0)
     if cfg.get("ckpt_path") and cfg.get("init_weights"):
         raise FERUserError(
             "set ckpt_path (resume a run) or init_weights (a new run from trained weights), "
@@ -53,50 +97,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     if not cfg.get("train"):
         _check_untrained_test(cfg)
-    datamodule, system = build_data_and_system(cfg)
-    if cfg.get("train") and cfg.get("ckpt_path"):
-        check_resumable(cfg.ckpt_path, cfg.model, system)
-    if cfg.get("init_weights"):
-        load_net_weights(system, cfg.init_weights)
-    run_config = resolved_run_config(cfg)
-    callbacks = [*instantiate_group(cfg.get("callbacks")), StoreRunConfig(run_config)]
-    loggers = instantiate_group(cfg.get("logger"))
-    if cfg.get("train"):
-        check_monitors(callbacks, system)
-    trainer = build_trainer(trainer_cfg, callbacks, loggers)
-    if cfg.get("test"):
-        check_runs_test_batches(trainer, "; set test=false to skip the test")
-
-    metrics: dict[str, float] = {}
-    if cfg.get("train"):
-        log.info("Training %s on %s", cfg.model.net._target_, cfg.data._target_)
-        with warnings.catch_warnings():
-            if cfg.get("ckpt_path"):  # resuming in its own run folder (README): expected there
-                warnings.filterwarnings("ignore", r"Checkpoint directory .* is not empty")
-            # mixed precision keeps fp32 weights: the summary's 32-bit fallback is the right size
-            warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model")
-            trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics.update(_floats(trainer.callback_metrics))
-
-    if cfg.get("test"):
-        best_path = (
-            trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        )
-        if not best_path:
-            log.warning("No best checkpoint was saved; testing the current weights")
-        trainer.test(
-            system,
-            datamodule=datamodule,
-            ckpt_path=best_path or None,
-            weights_only=True,
-            verbose=False,
-        )
-        metrics.update(_floats(trainer.callback_metrics))
-        if trainer.is_global_zero:
-            _write_test_report(
-                cfg, trainer, system, datamodule, best_path, metrics, loggers, run_config
+        return
+    trainer = cfg.trainer
+    if trainer.get("fast_dev_run"):
+        return
+    for key in ("max_epochs", "max_steps", "limit_train_batches"):
+        if trainer.get(key) == 0:
+            raise FERUserError(
+                f"trainer.{key}=0 trains nothing (the test would score an untrained net); set it "
+                "above 0, or test trained weights with train=false init_weights=<checkpoint>"
             )
-    return metrics
 
 
 def check_monitors(callbacks: list[Any], system: pl.LightningModule) -> None:
@@ -163,30 +173,55 @@ def build_data_and_system(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.L
     return datamodule, system
 
 
-def _write_test_report(
+def _fit(
     cfg: DictConfig,
     trainer: pl.Trainer,
     system: pl.LightningModule,
     datamodule: pl.LightningDataModule,
-    best_path: str,
-    metrics: dict[str, float],
-    loggers: list[Any],
-    run_config: dict[str, Any],
-) -> None:
-    """metrics.json, the text report and the confusion matrix of the test split, in the run dir.
+    ckpt_path: str | None,
+) -> dict[str, float]:
+    """Fit (resuming from ``ckpt_path`` if set) and return the logged metrics."""
+    log.info("Training %s on %s", cfg.model.net._target_, cfg.data._target_)
+    with warnings.catch_warnings():
+        if ckpt_path:  # resuming in its own run folder: expected there
+            warnings.filterwarnings("ignore", r"Checkpoint directory .* is not empty")
+        # mixed precision keeps fp32 weights: the summary's 32-bit fallback is the right size
+        warnings.filterwarnings("ignore", r"Precision \S+-mixed is not supported by the model")
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    return _floats(trainer.callback_metrics)
 
-    The ``val`` block holds the PublicTest scores of the tested weights: those stored in best.ckpt
-    when it was written, else the last epoch's (none without a fit).
+
+def _test_and_report(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    system: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    metrics: dict[str, float],
+    run_config: dict[str, Any],
+) -> dict[str, float]:
+    """Test the best checkpoint (the current weights when none was saved) and write the report:
+    metrics.json, the text report and the confusion matrix of the test split, in the run dir.
+
+    The best checkpoint is read once: its weights are tested, and its ``val`` block holds the
+    PublicTest scores stored in it when it was written (the last epoch's scores without one; none
+    without a fit).
     """
-    if best_path:  # (empty for a checkpoint written before the scores were stored)
-        best = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)
+    best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best_path:
+        best = read_checkpoint(best_path)
+        load_weights(system, best, best_path)
         val_metrics = best.get(VAL_METRICS_KEY, {})
     else:
+        log.warning("No best checkpoint was saved; testing the current weights")
         val_metrics = {
             key.removeprefix("val/"): value
             for key, value in metrics.items()
             if key.startswith("val/")
         }
+    trainer.test(system, datamodule=datamodule, verbose=False)
+    tested = _floats(trainer.callback_metrics)
+    if not trainer.is_global_zero:
+        return tested
     extra = {
         "split": "test",
         "best_checkpoint": _relative_to(best_path, cfg.paths.output_dir),
@@ -205,8 +240,68 @@ def _write_test_report(
     final.update(
         {f"hp/val_{key}": val_metrics[key] for key in ("acc", "f1_macro") if key in val_metrics}
     )
-    for logger in loggers:
+    for logger in trainer.loggers:
         log_hparams_with_metrics(logger, run_config, final)
+    return tested
+
+
+def prepare_run_folder(cfg: DictConfig) -> str | None:
+    """The checkpoint this run resumes from (``ckpt_path``; ``auto``: the run folder's last.ckpt
+    if there is one, else none), after refusing a run folder that already holds a run unless the
+    command resumes it or says ``overwrite=true`` (which removes that run's checkpoints, logs
+    and report first), so that two runs never mix their checkpoints and logs."""
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path == AUTO_RESUME:
+        last = _last_checkpoint_file(cfg)
+        ckpt_path = str(last) if last.is_file() else None
+        log.info("ckpt_path=auto: %s", f"resuming from {last}" if ckpt_path else "no last.ckpt")
+    if rank_zero_only.rank != 0:  # the other processes of a multi-process run start later
+        return ckpt_path
+    held = [path for path in _run_outputs(cfg) if _holds_files(path)]
+    if not held or ckpt_path:
+        return ckpt_path
+    if not cfg.get("overwrite"):
+        names = ", ".join(str(path.relative_to(output_dir)) for path in held)
+        raise FERUserError(
+            f"run folder {output_dir} already holds a run ({names}); resume it with "
+            "ckpt_path=auto, replace it with overwrite=true, or choose another hydra.run.dir"
+        )
+    log.warning("overwrite=true: removing the earlier run in %s", output_dir)
+    for path in held:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return None
+
+
+def _last_checkpoint_file(cfg: DictConfig) -> Path:
+    """Where the last_checkpoint callback writes last.ckpt."""
+    last = (cfg.get("callbacks") or {}).get("last_checkpoint")
+    if last is None:
+        return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return Path(last.dirpath) / f"{last.filename}{ModelCheckpoint.FILE_EXTENSION}"
+
+
+def _run_outputs(cfg: DictConfig) -> list[Path]:
+    """What a run writes into its folder: checkpoint folders, logger folders and the report."""
+    output_dir = Path(cfg.paths.output_dir)
+    paths = {output_dir / REPORT_FILE}
+    for callback in (cfg.get("callbacks") or {}).values():
+        if callback is not None and callback.get("dirpath"):
+            paths.add(Path(callback.dirpath))
+    for logger in (cfg.get("logger") or {}).values():
+        if logger is not None and logger.get("save_dir") and logger.get("name"):
+            paths.add(Path(logger.save_dir) / logger.name)
+    return sorted(path for path in paths if path.is_relative_to(output_dir))
+
+
+def _holds_files(path: Path) -> bool:
+    """A file, or a folder holding files at any depth."""
+    if path.is_dir():
+        return any(item.is_file() for item in path.rglob("*"))
+    return path.exists()
 
 
 def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
@@ -233,10 +328,10 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
-def train_for_sweep(cfg: DictConfig) -> float | None:
-    """Train, then return the metric a sweep optimises (``optimized_metric``; None when unset,
-    and outside a sweep, where nobody reads it: a run that fits nothing, e.g. ``train=false``,
-    logs no ``val/acc_best``)."""
+def run_training(cfg: DictConfig) -> float | None:
+    """Train (every run, single or a job of a sweep), then return the metric a sweep optimises
+    (``optimized_metric``; None when unset, and outside a sweep, where nobody reads it: a run that
+    fits nothing, e.g. ``train=false``, logs no ``val/acc_best``)."""
     metrics = train(cfg)
     return metric_value(metrics, cfg.get("optimized_metric")) if in_multirun() else None
 

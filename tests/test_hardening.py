@@ -411,6 +411,88 @@ def test_kill_9_then_resume_finishes_the_configured_epochs(tmp_path, tiny_csv):
     assert val_epochs == list(range(max_epochs))  # epoch 0 from the killed run, once
 
 
+def sigterm_once_training(command: list[str], csv_log: Path, log_path: Path) -> int:
+    """Run ``command``, send it SIGTERM once its csv log shows a training step (mid-epoch), and
+    return its exit status."""
+    deadline = time.monotonic() + 240
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        try:
+            while process.poll() is None and not csv_log.is_file():
+                assert time.monotonic() < deadline, "no training step logged"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            return process.wait(timeout=120)
+        finally:
+            process.kill()
+            process.wait()
+
+
+# 280 images in batches of 4: 70 steps an epoch; the csv log is written at every step, and
+# last.ckpt only at epoch ends or when SIGTERM stops the run
+SIGTERM_RUN = (
+    "data.batch_size=4",
+    "trainer.max_epochs=2",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "+logger.csv.flush_logs_every_n_steps=1",
+    "callbacks.step_checkpoint.every_n_train_steps=0",
+    "~callbacks.tensorboard_extras",
+)
+
+
+def test_sigterm_mid_epoch_saves_last_ckpt_exits_143_and_resumes(tmp_path, tiny_csv):
+    """SIGTERM in the middle of the first epoch: last.ckpt holds the step it stopped at, the run
+    says in one line how to resume and exits 143; the command it gives finishes the run."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    overrides = [*tiny_data_overrides(tiny_csv), *SIGTERM_RUN, f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, str(ROOT / "train.py"), *overrides]
+    status = sigterm_once_training(command, run_dir / "csv" / "metrics.csv", tmp_path / "log")
+    stderr = (tmp_path / "log").read_text()
+    assert status == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("preempted:")]
+    assert "stopped by SIGTERM at epoch 0" in line and f"ckpt_path={last}" in line
+    assert 0 < torch.load(last, weights_only=True)["global_step"] < 70
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_script("train.py", *overrides, line.split("plus ")[1])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == 2
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 70
+
+
+def test_sigterm_in_a_multirun_marks_the_job_preempted_and_the_sweep_resumes(tmp_path, tiny_csv):
+    """The preempted job is recorded as such, the sweep stops with 143 and says so; the same
+    sweep with ckpt_path=auto resumes that job and runs the rest."""
+    sweep = [
+        "-m",
+        "seed=1,2",
+        *sweep_data_overrides(tiny_csv),
+        *SIGTERM_RUN,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    command = [sys.executable, str(ROOT / "train.py"), *sweep]
+    csv_log = tmp_path / "sweep" / "0" / "csv" / "metrics.csv"
+    status = sigterm_once_training(command, csv_log, tmp_path / "log")
+    stderr = (tmp_path / "log").read_text()
+    assert status == 143, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if line.startswith("preempted:")]
+    assert "job 0 (seed=1" in line and "the sweep stops here" in line and "ckpt_path=auto" in line
+    marker = tmp_path / "sweep" / "0" / "PREEMPTED"
+    assert "stopped by SIGTERM" in marker.read_text()
+    assert not (tmp_path / "sweep" / "1").exists()
+
+    resumed = run_script("train.py", *sweep, "ckpt_path=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list((tmp_path / "sweep").rglob("PREEMPTED"))
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["split"]
+
+
 # ------------------------------------------------------------------------------------- multirun
 
 
