@@ -47,9 +47,10 @@ class StoreRunConfig(Callback):
         }
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint (a path, or `pretrained:<name>` for shipped weights) with torch's safe
-    `weights_only` loader; bad files fail in one line."""
+    `weights_only` loader; bad files fail in one line. ``mmap``: tensors are mapped, not read,
+    until used (to inspect a file that something else loads)."""
     path = pretrained.resolve(path)
     if path.is_dir():
         raise FERUserError(f"checkpoint {path} is a directory, not a checkpoint file")
@@ -62,7 +63,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "fer_lightning.predict <source> ckpt_path=<it>"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     # torch.load fails in many ways on a file that is no checkpoint (a text file reaches the legacy
     # unpickler, which raises IndexError or KeyError): each means the same to the user
     except Exception as err:
@@ -178,25 +179,3 @@ def _load_state(
         raise FERUserError(
             f"{path}: its weights do not fit the network {type(net).__name__} ({detail})"
         ) from err
-
-
-def check_resumable(
-    path: str | os.PathLike, model_cfg: DictConfig, system: LightningModule
-) -> None:
-    """Fail in one line, before Lightning loads ``path`` to resume, when the file is unreadable,
-    holds no training state (shipped or slimmed weights) or holds another network than the one
-    the config names (or one of another shape)."""
-    checkpoint = read_checkpoint(path)
-    if not checkpoint.keys() >= TRAINING_STATE_KEYS:
-        raise FERUserError(
-            f"{path}: weights only, no training state to resume (ckpt_path resumes a run from its "
-            "last.ckpt); start a new run from these weights with init_weights=<it> instead"
-        )
-    stored_net = run_config(checkpoint).model.net._target_
-    if stored_net != model_cfg.net._target_:
-        raise FERUserError(
-            f"{path}: the checkpoint holds a {stored_net} net but the config names "
-            f"model.net._target_={model_cfg.net._target_}; resume with the model it was trained "
-            "with (e.g. model=...), or drop ckpt_path to start a new run"
-        )
-    load_weights(system, checkpoint, path)

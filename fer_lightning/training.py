@@ -26,12 +26,13 @@ from fer_lightning.builders import (
 )
 from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import (
+    TRAINING_STATE_KEYS,
     VAL_METRICS_KEY,
     StoreRunConfig,
-    check_resumable,
     load_net_weights,
     load_weights,
     read_checkpoint,
+    run_config,
 )
 from fer_lightning.cli import in_multirun
 from fer_lightning.data import SyntheticFER2013DataModule
@@ -64,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_runs_test_batches(trainer, "; set test=false to skip the test")
     datamodule, system = build_data_and_system(cfg)
     if ckpt_path:
-        check_resumable(ckpt_path, cfg.model, system)
+        check_resumable(ckpt_path, cfg, system)
     if cfg.get("init_weights"):
         load_net_weights(system, cfg.init_weights)
     if cfg.get("train"):
@@ -107,6 +108,45 @@ def check_train_config(cfg: DictConfig) -> None:
                 f"trainer.{key}=0 trains nothing (the test would score an untrained net); set it "
                 "above 0, or test trained weights with train=false init_weights=<checkpoint>"
             )
+
+
+def check_resumable(path: str, cfg: DictConfig, system: pl.LightningModule) -> None:
+    """Fail in one line, before Lightning loads ``path`` to resume, when the file is unreadable,
+    holds no training state (shipped or slimmed weights), holds another network than the one the
+    config names (or one of another shape), or has done more epochs than trainer.max_epochs. The
+    file's tensors are only mapped here: the fit reads them, once."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    if not checkpoint.keys() >= TRAINING_STATE_KEYS:
+        raise FERUserError(
+            f"{path}: weights only, no training state to resume (ckpt_path resumes a run from its "
+            "last.ckpt); start a new run from these weights with init_weights=<it> instead"
+        )
+    stored_net = run_config(checkpoint).model.net._target_
+    if stored_net != cfg.model.net._target_:
+        raise FERUserError(
+            f"{path}: the checkpoint holds a {stored_net} net but the config names "
+            f"model.net._target_={cfg.model.net._target_}; resume with the model it was trained "
+            "with (e.g. model=...), or drop ckpt_path to start a new run"
+        )
+    expected = {name: tuple(value.shape) for name, value in system.state_dict().items()}
+    stored = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
+    if stored != expected:
+        differing = sorted(set(stored) ^ set(expected)) or sorted(
+            name for name in stored if stored[name] != expected[name]
+        )
+        name = differing[0]
+        raise FERUserError(
+            f"{path}: its weights do not fit the network {type(system.net).__name__} ({name}: "
+            f"{stored.get(name, 'missing')} in the checkpoint, {expected.get(name, 'none')} here)"
+        )
+    done = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and 0 <= max_epochs < done:
+        raise FERUserError(
+            f"{path}: the run has done {done} epochs, more than trainer.max_epochs={max_epochs}; "
+            f"resume with trainer.max_epochs >= {done}, or start a new run from its weights with "
+            "init_weights=<checkpoint>"
+        )
 
 
 def check_monitors(callbacks: list[Any], system: pl.LightningModule) -> None:

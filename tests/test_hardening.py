@@ -428,11 +428,12 @@ def sigterm_once_training(command: list[str], csv_log: Path, log_path: Path) -> 
             process.wait()
 
 
-# 280 images in batches of 4: 70 steps an epoch; the csv log is written at every step, and
-# last.ckpt only at epoch ends or when SIGTERM stops the run
+# epochs of 20 steps (batches of 4); the csv log is written at every step, and last.ckpt only at
+# epoch ends or when SIGTERM stops the run
 SIGTERM_RUN = (
     "data.batch_size=4",
     "trainer.max_epochs=2",
+    "trainer.limit_train_batches=20",
     "trainer.limit_val_batches=2",
     "trainer.log_every_n_steps=1",
     "+logger.csv.flush_logs_every_n_steps=1",
@@ -454,16 +455,17 @@ def test_sigterm_mid_epoch_saves_last_ckpt_exits_143_and_resumes(tmp_path, tiny_
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if line.startswith("preempted:")]
     assert "stopped by SIGTERM at epoch 0" in line and f"ckpt_path={last}" in line
-    assert 0 < torch.load(last, weights_only=True)["global_step"] < 70
+    assert 0 < torch.load(last, weights_only=True)["global_step"] < 20
     assert not (run_dir / "metrics.json").exists()
 
     resumed = run_script("train.py", *overrides, line.split("plus ")[1])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == 2
-    assert torch.load(last, weights_only=True)["global_step"] == 2 * 70
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * 20
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_multirun_marks_the_job_preempted_and_the_sweep_resumes(tmp_path, tiny_csv):
     """The preempted job is recorded as such, the sweep stops with 143 and says so; the same
     sweep with ckpt_path=auto resumes that job and runs the rest."""
@@ -491,6 +493,115 @@ def test_sigterm_in_a_multirun_marks_the_job_preempted_and_the_sweep_resumes(tmp
     assert not list((tmp_path / "sweep").rglob("PREEMPTED"))
     for job in ("0", "1"):
         assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["split"]
+
+
+# ---------------------------------------------------------------------------------- run folders
+
+
+def test_a_run_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(
+    tmp_path, tiny_csv
+):
+    """A second run into the folder of a finished one: refused in one line, the first run's
+    files untouched; overwrite=true replaces it (its csv log starts over); ckpt_path=auto
+    resumes from its last.ckpt, or starts where there is none."""
+    run_dir = tmp_path / "run"
+    overrides = [*tiny_data_overrides(tiny_csv), *SHORT_RUN]
+    train(compose_config("train", run_dir, overrides))
+    best = run_dir / "checkpoints" / "best.ckpt"
+    written = best.stat().st_mtime_ns
+
+    again = run_script("train.py", *overrides, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2
+    assert_one_error_line(
+        again.stderr,
+        [f"run folder {run_dir} already holds a run", "checkpoints", "ckpt_path=auto"],
+    )
+    assert best.stat().st_mtime_ns == written
+
+    train(compose_config("train", run_dir, [*overrides, "overwrite=true", "seed=5"]))
+    assert best.stat().st_mtime_ns != written
+    rows = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    val_acc = rows[0].split(",").index("val/acc")
+    assert len([row for row in rows[1:] if row.split(",")[val_acc]]) == 1  # one run's epoch
+
+    two_epochs = [*overrides, "trainer.max_epochs=2", "ckpt_path=auto"]
+    assert train(compose_config("train", run_dir, two_epochs))["val/acc_best"] >= 0
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_trained"] == 2
+    fresh = tmp_path / "fresh"
+    train(compose_config("train", fresh, two_epochs))  # nothing to resume: a new run
+    assert json.loads((fresh / "metrics.json").read_text())["epochs_trained"] == 2
+
+
+def test_a_run_that_would_train_nothing_is_refused_from_the_command_line(tmp_path, tiny_csv):
+    result = run_script(
+        "train.py",
+        *tiny_data_overrides(tiny_csv),
+        "trainer.limit_train_batches=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, ["trainer.limit_train_batches=0 trains nothing"])
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".hydra", "train.log"]
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=0", "+trainer.max_steps=0"])
+def test_settings_that_train_nothing_are_one_line(train_cfg, capsys, override):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, train_cfg(override))
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, [f"{override.lstrip('+')} trains nothing"])
+
+
+# -------------------------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("trainer.max_epochs=abc", ["trainer.max_epochs='abc' is not a valid value", "int"]),
+        ("model.optimizer.lr=abc", ["model.optimizer.lr='abc' is not a valid value", "float"]),
+        ("trainer.precision=8", ["trainer.precision=8 is not a valid value", "bf16-mixed"]),
+        ("+model.net.width=3", ["model.net.width is not a setting of", "in_channels"]),
+        ("callbacks.early_stopping.patience=[1]", ["callbacks.early_stopping.patience=[1]"]),
+    ],
+    ids=["max_epochs", "lr", "precision", "unknown-key", "patience"],
+)
+def test_settings_of_the_wrong_type_are_one_line_before_any_folder(
+    train_cfg, tmp_path, capsys, override, fragments
+):
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, train_cfg(override))
+    assert exited.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_wrong_type_from_the_command_line_is_one_line(tmp_path, tiny_csv):
+    run_dir = tmp_path / "run"
+    result = run_script(
+        "train.py", *tiny_data_overrides(tiny_csv), "trainer.max_epochs=abc", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, ["trainer.max_epochs='abc'", "Optional[int]"])
+    assert sorted(path.name for path in run_dir.iterdir()) == [".hydra", "train.log"]
+
+
+def test_resuming_with_fewer_epochs_than_done_is_one_line(trained_run, train_cfg, capsys):
+    last = trained_run / "checkpoints" / "last.ckpt"  # after 2 epochs
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(train, train_cfg("trainer.max_epochs=1", f"ckpt_path={last}"))
+    assert exited.value.code == 2
+    assert_one_error_line(
+        capsys.readouterr().err, [str(last), "has done 2 epochs", "trainer.max_epochs=1"]
+    )
+
+
+def test_a_run_folder_under_a_file_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_script("train.py", "debug=fdr", f"hydra.run.dir={blocker}/run")
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, ["hydra.run.dir=", f"{blocker} is a file, not a folder"])
 
 
 # ------------------------------------------------------------------------------------- multirun
