@@ -123,7 +123,9 @@ def _check_value(setting: str, value: Any, annotation: Any) -> None:
     except pydantic.ValidationError:
         expected = inspect.formatannotation(annotation).replace("typing.", "")
         expected = expected if len(expected) <= 160 else expected[:157] + "..."
-        raise FERUserError(f"{setting}={plain!r} is not a valid value: expected {expected}") from None
+        raise FERUserError(
+            f"{setting}={plain!r} is not a valid value: expected {expected}"
+        ) from None
     except Exception:  # a validator that fails on its own (e.g. an unhashable type): no verdict
         return
 

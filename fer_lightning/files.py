@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+# temp files are named for their writer: .tmp-<host>-<pid>-<random><suffix>
+_TEMP_PREFIX = ".tmp-"
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -14,7 +18,8 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     ``path``, so that readers (and concurrent writers) never see a partial file and a crash
     mid-write leaves the previous ``path`` intact. The file gets the usual umask permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".tmp-{uuid.uuid4().hex}{path.suffix}")
+    writer = f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+    temp_path = path.with_name(f"{_TEMP_PREFIX}{writer}-{uuid.uuid4().hex}{path.suffix}")
     handle = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as temp:
@@ -25,3 +30,23 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: Path, suffix: str) -> None:
+    """Delete the temp files of ``write_atomically`` in ``folder`` whose writer, a process of
+    this machine, is gone (``kill -9`` mid-write); other machines' writers are left alone."""
+    host = socket.gethostname().replace("-", "_")
+    for temp in folder.glob(f"{_TEMP_PREFIX}{host}-*{suffix}"):
+        pid = temp.name.removeprefix(f"{_TEMP_PREFIX}{host}-").split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            temp.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -315,7 +318,46 @@ def test_changed_csv_invalidates_cache(synthetic_csv: Path, tmp_path: Path) -> N
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     after = load_fer2013_csv(path, cache_dir=cache)
     assert after["train"].labels[0] == 1 != before["train"].labels[0]
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(list(cache.glob("*.npz"))) == 1  # the entry of the earlier csv is replaced
+
+
+def test_a_csv_rewritten_with_its_old_size_and_mtime_is_parsed_again(
+    synthetic_csv: Path, tmp_path: Path
+) -> None:
+    """What `cp -p` or `rsync -a` of a corrected csv does: same size, same mtime, new labels."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(synthetic_csv.read_bytes())
+    cache = tmp_path / "cache"
+    before = load_fer2013_csv(path, cache_dir=cache)
+    stat = path.stat()
+    lines = path.read_text().splitlines()
+    lines[1] = ("1" if lines[1][0] != "1" else "2") + lines[1][1:]
+    path.write_text("\n".join(lines) + "\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    after = load_fer2013_csv(path, cache_dir=cache)
+    assert after["train"].labels[0] == int(lines[1][0]) != before["train"].labels[0]
+
+
+def test_temp_files_of_killed_cache_writes_are_removed(synthetic_csv: Path, tmp_path: Path) -> None:
+    """A cache write killed mid-way leaves its temp file; the next write removes the temp files
+    of writers that are gone, and leaves a live writer's alone."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = socket.gethostname().replace("-", "_")
+    killed = cache / f".tmp-{host}-{gone}-0123abcd.npz"
+    live = cache / f".tmp-{host}-{os.getpid()}-4567cdef.npz"
+    for temp in (killed, live):
+        temp.write_bytes(b"PK\x03\x04 half an npz")
+    load_fer2013_csv(synthetic_csv, cache_dir=cache)
+    assert not killed.exists() and live.exists()
+    assert len(list(cache.glob("fer2013-*.npz"))) == 1
 
 
 def test_invalid_csv_writes_no_cache(tmp_path: Path) -> None:
@@ -324,6 +366,15 @@ def test_invalid_csv_writes_no_cache(tmp_path: Path) -> None:
         load_fer2013_csv(path, cache_dir=tmp_path / "cache")
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(synthetic_csv: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file")
+    with pytest.raises(
+        FERUserError, match=r"cache.* is a file, not a folder; point data.cache_dir"
+    ):
+        load_fer2013_csv(synthetic_csv, cache_dir=blocker)
 
 
 def test_corrupt_cache_is_ignored_and_rewritten(synthetic_csv: Path, tmp_path: Path) -> None:

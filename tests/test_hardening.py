@@ -498,9 +498,7 @@ def test_sigterm_in_a_multirun_marks_the_job_preempted_and_the_sweep_resumes(tmp
 # ---------------------------------------------------------------------------------- run folders
 
 
-def test_a_run_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(
-    tmp_path, tiny_csv
-):
+def test_a_run_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path, tiny_csv):
     """A second run into the folder of a finished one: refused in one line, the first run's
     files untouched; overwrite=true replaces it (its csv log starts over); ckpt_path=auto
     resumes from its last.ckpt, or starts where there is none."""
@@ -579,7 +577,10 @@ def test_settings_of_the_wrong_type_are_one_line_before_any_folder(
 def test_a_wrong_type_from_the_command_line_is_one_line(tmp_path, tiny_csv):
     run_dir = tmp_path / "run"
     result = run_script(
-        "train.py", *tiny_data_overrides(tiny_csv), "trainer.max_epochs=abc", f"hydra.run.dir={run_dir}"
+        "train.py",
+        *tiny_data_overrides(tiny_csv),
+        "trainer.max_epochs=abc",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 2
     assert_one_error_line(result.stderr, ["trainer.max_epochs='abc'", "Optional[int]"])

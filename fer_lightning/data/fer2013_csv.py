@@ -26,7 +26,7 @@ import numpy as np
 
 from fer_lightning.classes import IMAGE_SIZE, NUM_CLASSES
 from fer_lightning.errors import DataFormatError, FERUserError
-from fer_lightning.files import write_atomically
+from fer_lightning.files import remove_stale_temp_files, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ SPLITS: dict[str, str] = {"Training": "train", "PublicTest": "val", "PrivateTest
 COLUMNS: tuple[str, ...] = ("emotion", "pixels", "Usage")
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 CACHE_FORMAT_VERSION = 1
+_CACHE_SUFFIX = ".npz"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -58,7 +59,9 @@ def load_fer2013_csv(
     """Parse and validate a FER2013 csv (``.csv`` or gzip) into ``{"train", "val", "test"}`` arrays.
 
     With ``cache_dir``, the arrays are stored there as an uncompressed ``.npz`` keyed by the csv's
-    resolved path, size and mtime, so later calls skip parsing; a broken cache file is rebuilt.
+    resolved path and its inode's identity and change time (``st_ctime_ns``, which every rewrite
+    sets and no copy tool can restore), so later calls skip parsing and a csv replaced in place
+    (even by ``cp -p``) is parsed again; a broken cache file is rebuilt.
     Splits whose rows are contiguous in the file are views of one shared image buffer.
     """
     path = Path(os.path.expanduser(os.fspath(path)))
@@ -444,12 +447,25 @@ class _RowParser:
 
 
 def _cache_file(csv_path: Path, cache_dir: Path) -> Path:
-    """Cache file name; it changes with the csv's resolved path, size, mtime and the format."""
+    """Cache file name: ``fer2013-<path key>-<state key>.npz``. The state key changes with any
+    rewrite of the csv: its inode, size, mtime and inode change time, and the format."""
     resolved = csv_path.resolve()
     stat = resolved.stat()
-    identity = f"v{CACHE_FORMAT_VERSION}\0{resolved}\0{stat.st_size}\0{stat.st_mtime_ns}"
-    key = hashlib.blake2b(identity.encode(), digest_size=10).hexdigest()
-    return cache_dir / f"fer2013-{key}.npz"
+    state = (
+        f"v{CACHE_FORMAT_VERSION}\0{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0"
+        f"{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+    )
+    return cache_dir / f"{_cache_stem(resolved)}-{_digest(state)}{_CACHE_SUFFIX}"
+
+
+def _cache_stem(resolved: Path) -> str:
+    """The part of a cache file name that names the csv: entries of earlier versions of the same
+    csv share it."""
+    return f"fer2013-{_digest(str(resolved))}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _read_cache(cache_file: Path) -> dict[str, SplitArrays] | None:
@@ -483,12 +499,22 @@ def _looks_valid(arrays: SplitArrays) -> bool:
 
 
 def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
-    """Store the arrays as one uncompressed .npz, atomically."""
+    """Store the arrays as one uncompressed .npz, atomically, replacing the entries of earlier
+    versions of the same csv and the temp files of killed writes, so that neither piles up."""
     arrays = {}
     for split, split_arrays in splits.items():
         arrays[f"{split}_images"] = split_arrays.images
         arrays[f"{split}_labels"] = split_arrays.labels
+    cache_dir = cache_file.parent
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise FERUserError(
+            f"cannot write the parse cache: {cache_dir} is a file, not a folder; point "
+            "data.cache_dir or the env FER_LIGHTNING_CACHE at a folder "
+            "(in train.py data.cache_dir=null parses without a cache)"
+        )
     try:
+        if cache_dir.is_dir():
+            remove_stale_temp_files(cache_dir, _CACHE_SUFFIX)
         write_atomically(cache_file, lambda file: np.savez(file, **arrays))
     except OSError as err:
         raise FERUserError(
@@ -496,3 +522,7 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
             "data.cache_dir or the env FER_LIGHTNING_CACHE at a writable folder "
             "(in train.py data.cache_dir=null parses without a cache)"
         ) from err
+    stem = cache_file.name.rsplit("-", 1)[0]
+    for earlier in cache_dir.glob(f"{stem}-*{_CACHE_SUFFIX}"):
+        if earlier != cache_file:
+            earlier.unlink(missing_ok=True)
