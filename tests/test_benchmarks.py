@@ -114,6 +114,7 @@ def test_bench_parse_times_seed_000_and_ours(tiny_csv: Path) -> None:
         "seed 000: pandas read_csv + per-row np.fromstring",
         "ours, cold (no cache)",
         "ours, warm (from the .npz cache)",
+        "ours, warm, if keyed by a content hash",
     ]
     seed_time = number(rows[0][1])
     for _, seconds, speed_up in rows:  # seed 000's time over the row's (times printed to 1 ms)
