@@ -1,11 +1,16 @@
 """User-facing errors: reported as one line and a non-zero exit, never as a traceback."""
 
+import re
+
+# terminal colour and style codes some libraries put in their messages (torch's weights_only)
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 def first_line(error: BaseException) -> str:
     """The first line of a library's error message (its type name when it has none), for the
     reason part of a one-line error."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 class FERUserError(Exception):

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,6 +143,48 @@ def test_bad_csv_is_one_line_and_writes_nothing(tmp_path, capsys, write_csv, fra
     assert str(csv_path) in line
     assert not (cache.exists() and list(cache.iterdir()))
     assert not run_dir.exists()
+
+
+def _fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "fer2013.csv")
+    return folder / "fer2013.csv"
+
+
+def _symlink_loop(folder: Path) -> Path:
+    (folder / "fer2013.csv").symlink_to(folder / "fer2013.csv")
+    return folder / "fer2013.csv"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(_fifo, "is a named pipe (FIFO), not a regular file"), (_symlink_loop, "symbolic links")],
+    ids=["fifo", "symlink-loop"],
+)
+def test_a_csv_path_that_is_no_regular_file_says_why(tmp_path, capsys, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        exit_on_user_error(load_fer2013_csv, path)
+    assert exited.value.code == 2
+    line = assert_one_error_line(capsys.readouterr().err, [str(path), reason])
+    assert "does not exist" not in line
+
+
+def test_an_empty_fer2013_csv_env_says_it_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("FER2013_CSV", "")
+    result = run_script("train.py", "data=fer2013", "debug=fdr", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    line = assert_one_error_line(result.stderr, ["csv path is empty", "FER2013_CSV"])
+    assert "is a directory" not in line
+
+
+def test_a_checkpoint_error_has_no_terminal_escape_codes(tmp_path, train_cfg, capsys):
+    """torch's weights_only refusal styles its message for a terminal."""
+    checkpoint = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "loader": SimpleNamespace()}, checkpoint)
+    with pytest.raises(SystemExit):
+        exit_on_user_error(train, train_cfg(f"ckpt_path={checkpoint}"))
+    line = assert_one_error_line(capsys.readouterr().err, [str(checkpoint), "Weights only"])
+    assert "\x1b" not in line
 
 
 def test_bad_csv_from_the_command_line(tmp_path):

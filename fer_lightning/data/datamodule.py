@@ -113,7 +113,10 @@ class FER2013DataModule(pl.LightningDataModule):
 
     def load_arrays(self) -> dict[str, SplitArrays]:
         """Arrays of the three splits; subclasses override this to read another source."""
-        return load_fer2013_csv(_absolute(self.hparams.csv_path), self.hparams.cache_dir)
+        csv_path = self.hparams.csv_path  # an empty one (FER2013_CSV=) is refused as such
+        return load_fer2013_csv(
+            _absolute(csv_path) if csv_path.strip() else csv_path, self.hparams.cache_dir
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Load the arrays once (later calls do nothing); before a fit, also the teacher targets,

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 import zipfile
 import zlib
@@ -64,6 +65,11 @@ def load_fer2013_csv(
     (even by ``cp -p``) is parsed again; a broken cache file is rebuilt.
     Splits whose rows are contiguous in the file are views of one shared image buffer.
     """
+    if not os.fspath(path).strip():
+        raise FERUserError(
+            "the FER2013 csv path is empty (data.csv_path, or an env FER2013_CSV set to nothing); "
+            + _WHERE_DATA_COMES_FROM
+        )
     path = Path(os.path.expanduser(os.fspath(path)))
     if not path.is_file():
         raise FERUserError(_missing_file_message(path))
@@ -78,14 +84,38 @@ def load_fer2013_csv(
     return splits
 
 
+_WHERE_DATA_COMES_FROM = (
+    "Get fer2013.csv from Kaggle's 'Challenges in Representation Learning: Facial Expression "
+    "Recognition Challenge' and name it with data.csv_path=... (explore: csv_path=...; train.py "
+    "data=fer2013 also reads the env FER2013_CSV); without it, train.py trains on built-in "
+    "synthetic faces (data=synthetic)"
+)
+
+
 def _missing_file_message(path: Path) -> str:
-    what = "is a directory, not a file" if path.is_dir() else "does not exist"
-    return (
-        f"FER2013 csv {str(path)!r} {what}. Get fer2013.csv from Kaggle's 'Challenges in "
-        "Representation Learning: Facial Expression Recognition Challenge' and name it with "
-        "data.csv_path=... (explore: csv_path=...; train.py data=fer2013 also reads the env "
-        "FER2013_CSV); without it, train.py trains on built-in synthetic faces (data=synthetic)"
-    )
+    """Why ``path``, which is not a regular file, cannot be read: the reason the system gives."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:  # missing, a symlink loop, no permission to look
+        missing = isinstance(err, FileNotFoundError)
+        what = "does not exist" if missing else f"cannot be read ({err.strerror})"
+    else:
+        what = (
+            "is a directory, not a file"
+            if stat.S_ISDIR(mode)
+            else (f"is a {_file_kind(mode)}, not a regular file")
+        )
+    return f"FER2013 csv {str(path)!r} {what}. {_WHERE_DATA_COMES_FROM}"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "named pipe (FIFO)",
+        stat.S_ISSOCK: "socket",
+        stat.S_ISCHR: "character device",
+        stat.S_ISBLK: "block device",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "special file")
 
 
 def _show(raw: bytes | memoryview, limit: int = 40) -> str:
@@ -450,10 +480,10 @@ def _cache_file(csv_path: Path, cache_dir: Path) -> Path:
     """Cache file name: ``fer2013-<path key>-<state key>.npz``. The state key changes with any
     rewrite of the csv: its inode, size, mtime and inode change time, and the format."""
     resolved = csv_path.resolve()
-    stat = resolved.stat()
+    info = resolved.stat()
     state = (
-        f"v{CACHE_FORMAT_VERSION}\0{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0"
-        f"{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+        f"v{CACHE_FORMAT_VERSION}\0{info.st_dev}\0{info.st_ino}\0{info.st_size}\0"
+        f"{info.st_mtime_ns}\0{info.st_ctime_ns}"
     )
     return cache_dir / f"{_cache_stem(resolved)}-{_digest(state)}{_CACHE_SUFFIX}"
 
