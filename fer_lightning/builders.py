@@ -18,7 +18,6 @@ from pytorch_lightning.loggers import Logger
 
 from fer_lightning.errors import FERUserError
 
-
 # keys of a `_target_` node that are Hydra's, not the target's
 _HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 # settings the project adds to a target's own (the trainer's `gpus` alias, checked where resolved)
