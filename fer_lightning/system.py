@@ -104,7 +104,7 @@ class FERSystem(pl.LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
+        scheduler_monitor: str | None = "val/loss",
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         class_names: Sequence[str] = EMOTIONS,
