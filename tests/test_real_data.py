@@ -98,7 +98,7 @@ def test_shipped_weights_keep_their_private_test_scores(
 
 
 def test_the_shipped_ensemble_keeps_its_private_test_score(tmp_path: Path, real_cache: Path):
-    """README's best row, offline: the four shipped members, each with its own TTA."""
+    """The best row of docs/results.md, offline: the four shipped members, each with its own TTA."""
     members = "[pretrained:baseline,pretrained:vgg_small,pretrained:vgg_small_reg,pretrained:vgg]"
     _, metrics = _evaluate_on_private_test(members, tmp_path, real_cache)
     assert metrics["tta"] == ["flip", "tencrop", "tencrop", "tencrop"]

@@ -56,7 +56,7 @@ def ship(
     ckpt: str, name: str, tta: str, half: bool, out: Path | None = None, force: bool = False
 ) -> None:
     """Write the slimmed checkpoint into the package (or `out`) and print its size and digest;
-    existing weights (the shipped ones, whose digests README states) are replaced only with
+    existing weights (the shipped ones, whose digests manifest.json states) are replaced only with
     `force`."""
     shipped = slim(read_checkpoint(ckpt), tta, half)
     target = (WEIGHTS_DIR if out is None else out) / f"{name}.pt"
