@@ -14,7 +14,7 @@ from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import CONF_DIR, ROOT
+from fer_lightning.config import CONF_DIR
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment
 from fer_lightning.errors import FERUserError
@@ -267,15 +267,26 @@ def test_cudnn_benchmark_is_set_on_every_trainer_so_it_cannot_leak(train_cfg):
     assert torch.backends.cudnn.benchmark is False
 
 
-def test_paths_are_this_repository_even_with_another_project_root_exported(tmp_path):
-    # lightning-hydra-template users often export PROJECT_ROOT for another project
+def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
+    """Not below the package (an installed one lives in site-packages), whatever PROJECT_ROOT says
+    (lightning-hydra-template users often export it for another project); paths.root_dir moves
+    them all (logs/ is below it too), FER_LIGHTNING_CACHE the cache alone."""
     script = (
         "from fer_lightning.config import compose_config as compose\n"
-        f"print(compose('train', {str(tmp_path)!r}).paths.data_dir)\n"
-        f"print(compose('train', {str(tmp_path)!r}, ['paths.root_dir=/else']).paths.data_dir)"
+        "for overrides in ([], ['paths.root_dir=/else']):\n"
+        "    paths = compose('train', 'run', overrides).paths\n"
+        "    print(paths.root_dir, paths.data_dir, paths.cache_dir)"
     )
-    env = {**os.environ, "PROJECT_ROOT": str(tmp_path / "another_project")}
+    env = {k: v for k, v in os.environ.items() if k != "FER_LIGHTNING_CACHE"}
+    env["PROJECT_ROOT"] = str(tmp_path / "another_project")
     printed = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert printed == [str(ROOT / "data"), "/else/data"]
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert printed.returncode == 0, printed.stderr
+    here = [str(tmp_path), str(tmp_path / "data"), str(tmp_path / "data" / "cache")]
+    assert printed.stdout.split() == [*here, "/else", "/else/data", "/else/data/cache"]
+    env["FER_LIGHTNING_CACHE"] = str(tmp_path / "shared_cache")
+    printed = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert printed.stdout.split()[2::3] == [str(tmp_path / "shared_cache")] * 2

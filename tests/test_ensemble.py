@@ -18,7 +18,7 @@ from fer_lightning.checkpoint import (
     read_checkpoint,
     system_from_checkpoint,
 )
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data import FER2013DataModule, load_fer2013_csv
 from fer_lightning.ensemble import MeanEnsemble, checkpoint_paths
 from fer_lightning.errors import FERUserError
@@ -28,7 +28,7 @@ from fer_lightning.inference import load_classifier
 from fer_lightning.report import classification_report
 from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
-from tests.conftest import confusion, run_module
+from tests.conftest import ROOT, confusion, run_module
 
 # a 3-channel member (seed 004's net, gray replicated) whose shipped TTA is tencrop
 THREE_CHANNEL_MEMBER = "pretrained:deep"

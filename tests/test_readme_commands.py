@@ -23,10 +23,10 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import Container, DictConfig, OmegaConf
 
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data.teacher import teacher_record
 from fer_lightning.training import build_data_and_system
-from tests.conftest import write_ferplus_votes
+from tests.conftest import ROOT, write_ferplus_votes
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TASKS = ("train", "evaluate", "predict", "export", "explore", "distill", "serve")
