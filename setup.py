@@ -4,7 +4,9 @@ ships inside the package as fer_lightning/conf, so that an installed package fin
 from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=[*find_namespace_packages(include=["fer_lightning", "fer_lightning.*"]), "fer_lightning.conf"],
+    packages=[
+        *find_namespace_packages(include=["fer_lightning", "fer_lightning.*"]),
+        "fer_lightning.conf",  # its files: package-data in pyproject.toml
+    ],
     package_dir={"fer_lightning.conf": "conf"},
-    package_data={"fer_lightning.conf": ["**/*.yaml"]},
 )

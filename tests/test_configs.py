@@ -273,9 +273,10 @@ def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
     them all (logs/ is below it too), FER_LIGHTNING_CACHE the cache alone."""
     script = (
         "from fer_lightning.config import compose_config as compose\n"
+        "from pathlib import Path\n"
         "for overrides in ([], ['paths.root_dir=/else']):\n"
         "    paths = compose('train', 'run', overrides).paths\n"
-        "    print(paths.root_dir, paths.data_dir, paths.cache_dir)"
+        "    print(*(Path(path).resolve() for path in (paths.root_dir, paths.data_dir, paths.cache_dir)))"
     )
     env = {k: v for k, v in os.environ.items() if k != "FER_LIGHTNING_CACHE"}
     env["PROJECT_ROOT"] = str(tmp_path / "another_project")
@@ -283,10 +284,11 @@ def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert printed.returncode == 0, printed.stderr
-    here = [str(tmp_path), str(tmp_path / "data"), str(tmp_path / "data" / "cache")]
+    cwd = tmp_path.resolve()
+    here = [str(cwd), str(cwd / "data"), str(cwd / "data" / "cache")]
     assert printed.stdout.split() == [*here, "/else", "/else/data", "/else/data/cache"]
     env["FER_LIGHTNING_CACHE"] = str(tmp_path / "shared_cache")
     printed = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert printed.stdout.split()[2::3] == [str(tmp_path / "shared_cache")] * 2
+    assert printed.stdout.split()[2::3] == [str(cwd / "shared_cache")] * 2
