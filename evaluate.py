@@ -1,5 +1,5 @@
-"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=val] [data.csv_path=...]`, the same
-as `fer-lightning evaluate ...`."""
+"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=val] [data.csv_path=...]`, as
+`fer-lightning evaluate ...` does."""
 
 from fer_lightning.evaluate import main
 

@@ -1,5 +1,5 @@
-"""What pyproject.toml cannot say: conf/ (at the top of the repository, where Hydra users look for it)
-ships inside the package as fer_lightning/conf, so that an installed package finds its configs."""
+"""What pyproject.toml cannot say: conf/ (at the top of the repository, where Hydra users look for
+it) ships inside the package as fer_lightning/conf, where an installed package finds its configs."""
 
 from setuptools import find_namespace_packages, setup
 

@@ -1,5 +1,5 @@
-"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`, the same as
-`fer-lightning train ...`."""
+"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`, as
+`fer-lightning train ...` does."""
 
 from fer_lightning.train import main
 

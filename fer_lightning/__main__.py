@@ -14,13 +14,13 @@ from importlib.util import find_spec
 TASKS: dict[str, tuple[str, str]] = {
     "train": ("fer_lightning.train", "fit a model, select on PublicTest, test once on PrivateTest"),
     "evaluate": ("fer_lightning.evaluate", "score a checkpoint on one split (ckpt_path=...)"),
-    "predict": ("fer_lightning.predict", "expressions of the faces in photos, folders, videos, webcam"),
+    "predict": ("fer_lightning.predict", "expressions of faces in photos, folders, videos, webcam"),
     "export": ("fer_lightning.export", "a deployable ONNX or TorchScript file, parity-checked"),
     "explore": ("fer_lightning.explore", "figures of the data and of a model's predictions"),
     "distill": ("fer_lightning.distill", "teachers' probabilities as targets for a distilled net"),
     "serve": ("fer_lightning.serve", "the web app"),
 }
-USAGE = "usage: fer-lightning <task> [hydra overrides]   (fer-lightning <task> --help for its settings)"
+USAGE = "usage: fer-lightning <task> [hydra overrides]  (fer-lightning <task> --help: its settings)"
 
 
 def usage() -> str:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     module = TASKS[task][0]
     if find_spec(module) is None:
-        print(f"error: the {task} task is not part of this installation ({module})", file=sys.stderr)
+        print(f"error: the {task} task is not in this installation ({module})", file=sys.stderr)
         raise SystemExit(2)
     sys.argv = [sys.argv[0], *overrides]  # run_module puts the module's file first, as -m does
     runpy.run_module(module, run_name="__main__", alter_sys=True)

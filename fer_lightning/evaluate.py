@@ -1,5 +1,5 @@
-"""The `evaluate` command: `fer-lightning evaluate ckpt_path=... [split=val] [data.csv_path=...]` (or
-`python evaluate.py ...` in a clone, or `python -m fer_lightning.evaluate ...`)."""
+"""The `evaluate` command: `fer-lightning evaluate ckpt_path=... [split=val] [data.csv_path=...]`
+(also `python -m fer_lightning.evaluate ...`, and `python evaluate.py ...` in a clone)."""
 
 import hydra
 from omegaconf import DictConfig

@@ -1,5 +1,5 @@
-"""The `train` command: `fer-lightning train [model=deep] [trainer.gpus=1]` (or `python train.py ...`
-in a clone, or `python -m fer_lightning.train ...`)."""
+"""The `train` command: `fer-lightning train [model=deep] [trainer.gpus=1]` (also
+`python -m fer_lightning.train ...`, and `python train.py ...` in a clone)."""
 
 import hydra
 from omegaconf import DictConfig

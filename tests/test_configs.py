@@ -276,7 +276,8 @@ def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
         "from pathlib import Path\n"
         "for overrides in ([], ['paths.root_dir=/else']):\n"
         "    paths = compose('train', 'run', overrides).paths\n"
-        "    print(*(Path(path).resolve() for path in (paths.root_dir, paths.data_dir, paths.cache_dir)))"
+        "    folders = (paths.root_dir, paths.data_dir, paths.cache_dir)\n"
+        "    print(*(Path(folder).resolve() for folder in folders))"
     )
     env = {k: v for k, v in os.environ.items() if k != "FER_LIGHTNING_CACHE"}
     env["PROJECT_ROOT"] = str(tmp_path / "another_project")
