@@ -18,7 +18,7 @@ from fer_lightning.evaluation import evaluate
 from fer_lightning.explore import explore
 from fer_lightning.pretrained.__main__ import main, ship
 from fer_lightning.tta import TTA_MODES
-from tests.conftest import ROOT, TINY_SPLIT_SIZES, compose_config
+from tests.conftest import TINY_SPLIT_SIZES, compose_config
 
 MANIFEST = json.loads((pretrained.WEIGHTS_DIR / "manifest.json").read_text(encoding="utf-8"))
 NARROW_VGG = "model.net.widths=[48,96,192,384]"
