@@ -1,5 +1,5 @@
 """Callbacks: TensorBoard extras (confusion-matrix and sample-prediction figures, hparams with
-metrics) and weight averaging that tests what it validated."""
+metrics), weight averaging that tests what it validated, and a progress bar safe in DDP runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, RichProgressBar
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
@@ -262,3 +262,17 @@ class EMAWeights(EMAWeightAveraging):
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class DistributedRichProgressBar(RichProgressBar):
+    """RichProgressBar that does not hang multi-process (DDP) runs.
+
+    Only rank 0 shows a bar, and Lightning's bar computes the logged metrics only there; metrics
+    logged with ``sync_dist=True`` then wait forever for the other ranks' all-reduce
+    (Lightning issue #21264). Here every rank computes them at the same points.
+    """
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            _ = trainer.progress_bar_metrics  # cached: the bar on rank 0 does not sync again
+        super()._update_metrics(trainer, pl_module)
