@@ -23,7 +23,6 @@ from fer_lightning.builders import (
     instantiate_group,
     resolve_gpus_alias,
 )
-from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import (
     VAL_METRICS_KEY,
     StoreRunConfig,
@@ -33,6 +32,7 @@ from fer_lightning.checkpoint import (
 from fer_lightning.cli import in_multirun
 from fer_lightning.data import SyntheticFER2013DataModule
 from fer_lightning.errors import FERUserError, check_whole_number
+from fer_lightning.loggers import log_hparams_with_metrics
 from fer_lightning.report import publish_report
 
 log = logging.getLogger(__name__)

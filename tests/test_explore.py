@@ -14,11 +14,11 @@ from omegaconf import ListConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer_lightning import explore as explore_module
-from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.explore import explore, image_indices, read_epoch_metrics
+from fer_lightning.figures import SPLIT_TITLES
 from tests.conftest import run_module
 
 DATA_FIGURES = ("examples_per_emotion", "one_per_emotion", "class_distribution", "mean_faces")
@@ -110,28 +110,6 @@ def test_epoch_metrics_take_each_epochs_logged_values(tmp_path):
     np.testing.assert_allclose(epochs["val/acc"], [0.30, 0.40])
 
 
-def test_confident_mistakes_are_the_surest_wrong_predictions_surest_first():
-    """plot_confident_mistakes shows only wrong predictions, the most confident ones, in
-    descending confidence, each with its own image and labels."""
-    images = np.zeros((6, 48, 48), np.uint8)
-    images.reshape(6, -1)[np.arange(6), np.arange(6)] = 255  # image i: one bright pixel at i
-    labels = np.arange(6, dtype=np.int64)
-    # (predicted class, its probability) per image; images 0 and 3 are right
-    predictions = [(0, 0.99), (3, 0.60), (0, 0.90), (3, 0.50), (1, 0.75), (6, 0.40)]
-    probabilities = np.empty((6, 7))
-    for row, (predicted, confidence) in enumerate(predictions):
-        probabilities[row] = (1 - confidence) / 6
-        probabilities[row, predicted] = confidence
-    figure = explore_module.plot_confident_mistakes(
-        SplitArrays(images, labels), probabilities, list(EMOTIONS), 3, "val"
-    )
-    shown = [int(axes.images[0].get_array().argmax()) for axes in figure.axes if axes.images]
-    assert shown == [2, 4, 1]
-    titles = [axes.get_title() for axes in figure.axes if axes.images]
-    assert titles == ["Angry (0.90)\n/ Fear", "Disgust (0.75)\n/ Sad", "Happy (0.60)\n/ Disgust"]
-    assert "4 of 6 wrong" in figure.get_suptitle()
-
-
 def test_one_image_index_is_a_list_of_one():
     arrays = SplitArrays(np.zeros((3, 48, 48), np.uint8), np.zeros(3, np.int64))
     assert image_indices(2, arrays, "test") == [2]  # `image_indices=2` on the command line
@@ -175,7 +153,7 @@ def test_model_figures_show_publictest_unless_privatetest_is_asked_for(
     )
     explore(cfg)
     np.testing.assert_array_equal(shown["labels"], load_fer2013_csv(tiny_csv)[split].labels)
-    assert explore_module.SPLIT_TITLES[split] in shown["title"]
+    assert SPLIT_TITLES[split] in shown["title"]
 
 
 def test_shipped_weights_get_model_figures_without_training_curves(tiny_csv, tmp_path, caplog):
