@@ -1,7 +1,7 @@
 """Every figure the project draws, as standalone matplotlib ``Figure`` objects (no pyplot state,
 so nothing leaks between multirun jobs): the confusion matrix of a report, sample predictions
-for TensorBoard, and explore's data and model figures (after the plots of the baseline reference,
-seed 000's Keras notebook: examples, class distributions, curves, image + probability bars)."""
+for TensorBoard, and explore's data and model figures (after the plots of the baseline
+reference's Keras notebook: examples, class distributions, curves, image + probability bars)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ def test_every_model_config_instantiates_and_wires_channels(train_cfg, model):
     assert cfg.data.in_channels == system.net.in_channels
 
 
-def test_model_group_has_the_seed_nets():
+def test_model_group_has_the_reference_nets():
     assert {"baseline", "deep"} <= set(_options("model"))
 
 
@@ -60,9 +60,11 @@ def test_every_experiment_composes_and_instantiates(train_cfg, experiment, tiny_
     _instantiate_run(cfg)
 
 
-def test_seed000_experiment_is_seed_000s_recipe(tmp_path, tiny_csv):
+def test_baseline_reference_experiment_is_the_reference_recipe(tmp_path, tiny_csv):
     cfg = compose_config(
-        "train", tmp_path, ["experiment=seed000", f"data.csv_path={tiny_csv}", "data.num_workers=0"]
+        "train",
+        tmp_path,
+        ["experiment=baseline_reference", f"data.csv_path={tiny_csv}", "data.num_workers=0"],
     )
     assert cfg.model.net._target_.endswith("BaselineCNN")
     assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (12, 64)
@@ -73,8 +75,8 @@ def test_seed000_experiment_is_seed_000s_recipe(tmp_path, tiny_csv):
     assert torch.allclose(system.loss_weights, torch.tensor(expected, dtype=torch.float32))
 
 
-def test_seed004_experiment_uses_three_channels(train_cfg, tiny_csv):
-    cfg = train_cfg("experiment=seed004", f"data.csv_path={tiny_csv}")
+def test_deep_reference_experiment_uses_three_channels(train_cfg, tiny_csv):
+    cfg = train_cfg("experiment=deep_reference", f"data.csv_path={tiny_csv}")
     assert cfg.model.net._target_.endswith("DeepConcatNet")
     assert cfg.data.in_channels == 3
 

@@ -30,7 +30,7 @@ from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
 from tests.conftest import ROOT, confusion, run_module
 
-# a 3-channel member (seed 004's net, gray replicated) whose shipped TTA is tencrop
+# a 3-channel member (the deep reference net, gray replicated) whose shipped TTA is tencrop
 THREE_CHANNEL_MEMBER = "pretrained:deep"
 
 

@@ -88,8 +88,8 @@ def test_shipped_weights_keep_their_private_test_scores(
     min_accuracy: float,
     min_f1_macro: float,
 ):
-    """`pretrained:baseline` (seed 000's CNN), `pretrained:deep` (seed 004's net) and
-    `pretrained:vgg` (the strongest net) score at least this on PrivateTest."""
+    """`pretrained:baseline` (the baseline reference CNN), `pretrained:deep` (the deep reference
+    net) and `pretrained:vgg` (the strongest net) score at least this on PrivateTest."""
     _, metrics = _evaluate_on_private_test(f"pretrained:{name}", tmp_path, real_cache, *overrides)
     assert metrics["support"] == 3589
     assert metrics["tta"] == tta
