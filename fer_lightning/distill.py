@@ -25,7 +25,7 @@ from fer_lightning.checkpoint import (
     require_stored_csv,
     run_config,
 )
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.data.teacher import teacher_record
 from fer_lightning.ensemble import checkpoint_paths, describe_members, ensemble_from_loaded
@@ -97,6 +97,7 @@ def _check_same_split(checkpoints: Sequence[dict[str, Any]], paths: Sequence[str
                 )
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="distill")
 def main(cfg: DictConfig) -> None:
     """Write the teacher targets of the training split."""

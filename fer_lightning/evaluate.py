@@ -4,11 +4,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.evaluation import evaluate
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Print the per-class report of one split and write metrics.json and the confusion matrix."""

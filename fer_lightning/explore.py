@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
@@ -27,15 +28,15 @@ from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
     require_stored_csv,
-    run_config,
 )
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.data import SPLIT_NAMES, SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.figures import (
     CURVES,
+    SPLIT_TITLES,
     plot_class_distribution,
     plot_confident_mistakes,
     plot_examples_per_emotion,
@@ -47,12 +48,15 @@ from fer_lightning.figures import (
 )
 from fer_lightning.files import write_atomically
 from fer_lightning.inference import Classifier, classifier_from_checkpoint
+from fer_lightning.progress import tracked
 
 log = logging.getLogger(__name__)
 
 TENSORBOARD_TAG = "explore"
-# the data config (conf/data/fer2013.yaml) of runs trained on a plain fer2013 csv
-CSV_DATA_TARGET = "fer_lightning.data.FER2013DataModule"
+# faces per forward pass of the model figures unless data.eval_batch_size says otherwise
+EVAL_BATCH_SIZE = 256
+# the data settings that apply to a csv read without a checkpoint
+CSV_SETTINGS = ("csv_path", "cache_dir")
 
 
 def read_epoch_metrics(metrics_csv: Path) -> pd.DataFrame:
@@ -89,20 +93,27 @@ class FigureSink:
 
 
 def load_splits(
-    cfg: DictConfig, checkpoint: dict | None
+    data: DictConfig, checkpoint: dict | None
 ) -> tuple[dict[str, SplitArrays], list[str]]:
-    """The three splits and class names: from ``cfg.csv_path`` when given, else from the data of
-    the checkpoint's training run."""
-    if cfg.csv_path:
-        return load_fer2013_csv(cfg.csv_path, cfg.cache_dir), list(EMOTIONS)
-    if checkpoint is None:
+    """The three splits and class names: with a checkpoint, the data of its training run with the
+    non-null settings of ``data`` (``data.csv_path``, ...) replacing the stored ones, as in
+    evaluate; without one, the fer2013-format csv ``data.csv_path``."""
+    if checkpoint is not None:
+        datamodule = datamodule_from_checkpoint(checkpoint, data)
+        splits = {split: datamodule.split_arrays(split) for split in SPLIT_NAMES}
+        return splits, list(datamodule.class_names)
+    if not data.csv_path:
         raise FERUserError(
-            "explore needs csv_path=<a fer2013-format csv>, or ckpt_path=<a .ckpt> to use the "
-            "data of its training run"
+            "explore needs data.csv_path=<a fer2013-format csv>, or ckpt_path=<a .ckpt> to use "
+            "the data of its training run"
         )
-    datamodule = datamodule_from_checkpoint(checkpoint, {"cache_dir": cfg.cache_dir})
-    splits = {split: datamodule.split_arrays(split) for split in SPLIT_NAMES}
-    return splits, list(datamodule.class_names)
+    others = [key for key in data if key not in CSV_SETTINGS and data[key] is not None]
+    if others:
+        raise FERUserError(
+            f"data.{others[0]} applies to the data of a checkpoint (ckpt_path=...); without one, "
+            "explore reads the csv data.csv_path"
+        )
+    return load_fer2013_csv(data.csv_path, data.cache_dir), list(EMOTIONS)
 
 
 def explore(cfg: DictConfig) -> dict[str, Path]:
@@ -118,17 +129,16 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
             raise FERUserError(f"{key}={cfg[key]!r} must be one of {', '.join(SPLIT_NAMES)}")
     checkpoint_path = pretrained.resolve(cfg.ckpt_path) if cfg.ckpt_path else None
     checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
-    # explore's csv_path stands for the data of a plain-csv run only (FER+ also needs its votes)
-    if checkpoint is not None and run_config(checkpoint).data._target_ == CSV_DATA_TARGET:
-        require_stored_csv(cfg.ckpt_path, checkpoint, cfg.csv_path, "csv_path")
-    splits, class_names = load_splits(cfg, checkpoint)
+    if checkpoint is not None:
+        require_stored_csv(cfg.ckpt_path, checkpoint, cfg.data.csv_path, "data.csv_path")
+    splits, class_names = load_splits(cfg.data, checkpoint)
     classifier = run_dir = writer = None
     if checkpoint is not None:
         classifier = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
         if classifier.class_names != class_names:
             raise FERUserError(
                 f"{cfg.ckpt_path}: the model's classes {classifier.class_names} are not the "
-                f"data's {class_names}; leave csv_path unset to use its training run's data"
+                f"data's {class_names}"
             )
         indices = image_indices(cfg.image_indices, splits[cfg.split], cfg.split)
         if not pretrained.is_shipped(cfg.ckpt_path):  # shipped weights have no run
@@ -192,7 +202,9 @@ def _save_model_figures(
             "No training curves: %s does not exist (the run was trained without the csv logger)",
             metrics_csv,
         )
-    probabilities = classifier.predict_proba(arrays.images)
+    probabilities = _predict_with_progress(
+        classifier, arrays.images, cfg.data.eval_batch_size or EVAL_BATCH_SIZE, cfg.split
+    )
     names = classifier.class_names
     panels = plot_prediction_panels(arrays, probabilities, indices, names, cfg.split)
     sink.save("prediction_panels", panels)
@@ -200,6 +212,21 @@ def _save_model_figures(
     sink.save("confident_mistakes", mistakes)
 
 
+def _predict_with_progress(
+    classifier: Classifier, faces: np.ndarray, batch_size: int, split: str
+) -> np.ndarray:
+    """The classifier's probabilities for ``faces``, ``batch_size`` at a time, with progress shown
+    (a large model with ten-crop TTA takes minutes over a split on a CPU)."""
+    starts = range(0, len(faces), batch_size)
+    described = f"Predicting {len(faces):,} images of {SPLIT_TITLES[split]}"
+    batches = [
+        classifier.predict_proba(faces[start : start + batch_size], batch_size)
+        for start in tracked(starts, described, unit="batches")
+    ]
+    return np.concatenate(batches)
+
+
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="explore")
 def main(cfg: DictConfig) -> None:
     """Write the exploration figures of a dataset and, optionally, of a checkpoint."""

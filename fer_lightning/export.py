@@ -25,7 +25,7 @@ from torch import nn
 
 from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
@@ -174,6 +174,7 @@ def export(cfg: DictConfig) -> Path:
     return output
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint to ONNX or TorchScript, parity-checked."""

@@ -1,4 +1,5 @@
-"""Every config group composes and instantiates; the `trainer.gpus` alias behaves."""
+"""Every config group composes and instantiates; the `trainer.gpus` alias behaves; a mistaken
+setting is answered with the right key."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.classes import EMOTIONS
+from fer_lightning.cli import setting_mistake
 from fer_lightning.config import CONF_DIR
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment
@@ -295,3 +298,25 @@ def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert printed.stdout.split()[2::3] == [str(cwd / "shared_cache")] * 2
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "answer"),
+    [
+        ("explore", "csv_path=x.csv", "explore has no setting csv_path; did you mean data.csv"),
+        ("evaluate", "csv_path=x.csv", "has no setting csv_path; did you mean data.csv_path=...?"),
+        ("distill", "cache_dir=x", "did you mean data.cache_dir=... or paths.cache_dir=...?"),
+        ("train", "max_epochs=3", "has no setting max_epochs; did you mean trainer.max_epochs="),
+        ("explore", "ckpt=x.ckpt", "explore has no setting ckpt; did you mean ckpt_path=...?"),
+        ("explore", "data.csvpath=x", "did you mean data.csv_path=...?"),
+        ("export", "data.csv_path=x", "data.csv_path; the settings are task_name, ckpt_path,"),
+        ("train", "model.net.widht=3", "of model.net are _target_, in_channels, num_classes"),
+        ("train", "experiment=seed000", "experiment=seed000: there is no such experiment ("),
+    ],
+)
+def test_a_mistaken_setting_is_answered_with_the_right_key(tmp_path, task, override, answer):
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config(task, tmp_path, [override])
+    message = setting_mistake(caught.value)
+    assert answer in message
+    assert "\n" not in message and "+" not in message  # one line, no advice to add the key

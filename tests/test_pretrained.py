@@ -249,7 +249,7 @@ def settings(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, object]:
 
 def test_weights_whose_csv_is_not_here_ask_for_one(trained_checkpoint, tiny_csv, tmp_path):
     """Shipped weights store their makers' csv path: evaluate.py and explore name the setting
-    that gives yours (each its own key) instead of reporting a file the user never named."""
+    that gives yours (the same key) instead of reporting a file the user never named."""
     moved = torch.load(trained_checkpoint, weights_only=True)
     moved["fer_run_config"]["data"]["csv_path"] = str(tmp_path / "elsewhere" / "fer2013.csv")
     torch.save(moved, tmp_path / "moved.ckpt")
@@ -257,7 +257,7 @@ def test_weights_whose_csv_is_not_here_ask_for_one(trained_checkpoint, tiny_csv,
     hint = r"moved\.ckpt: the csv it was trained on \(.*elsewhere/fer2013\.csv\) is not on this"
     with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with data\.csv_path="):
         evaluate(compose_config("evaluate", tmp_path / "eval", [ckpt]))
-    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with csv_path="):
+    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with data\.csv_path="):
         explore(compose_config("explore", tmp_path / "explore", [ckpt]))
     given = evaluate(
         compose_config("evaluate", tmp_path / "given", [ckpt, f"data.csv_path={tiny_csv}"])

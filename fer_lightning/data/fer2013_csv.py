@@ -80,8 +80,8 @@ def _missing_file_message(path: Path) -> str:
     return (
         f"FER2013 csv {str(path)!r} {what}. Get fer2013.csv from Kaggle's 'Challenges in "
         "Representation Learning: Facial Expression Recognition Challenge' and name it with "
-        "data.csv_path=... (explore: csv_path=...; train.py data=fer2013 also reads the env "
-        "FER2013_CSV); without it, train.py trains on built-in synthetic faces (data=synthetic)"
+        "data.csv_path=... (train.py data=fer2013 also reads the env FER2013_CSV); "
+        "without it, train.py trains on built-in synthetic faces (data=synthetic)"
     )
 
 
