@@ -23,12 +23,6 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from fer_lightning import pretrained
-from fer_lightning.checkpoint import (
-    datamodule_from_checkpoint,
-    read_checkpoint,
-    require_stored_csv,
-)
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
@@ -47,7 +41,8 @@ from fer_lightning.figures import (
     png_bytes,
 )
 from fer_lightning.files import write_atomically
-from fer_lightning.inference import Classifier, classifier_from_checkpoint
+from fer_lightning.inference import Classifier
+from fer_lightning.loader import LoadedModel, load_model
 from fer_lightning.progress import tracked
 
 log = logging.getLogger(__name__)
@@ -93,13 +88,13 @@ class FigureSink:
 
 
 def load_splits(
-    data: DictConfig, checkpoint: dict | None
+    data: DictConfig, model: LoadedModel | None
 ) -> tuple[dict[str, SplitArrays], list[str]]:
-    """The three splits and class names: with a checkpoint, the data of its training run with the
+    """The three splits and class names: with a model, the data of its training run with the
     non-null settings of ``data`` (``data.csv_path``, ...) replacing the stored ones, as in
     evaluate; without one, the fer2013-format csv ``data.csv_path``."""
-    if checkpoint is not None:
-        datamodule = datamodule_from_checkpoint(checkpoint, data)
+    if model is not None:
+        datamodule = model.datamodule(data)
         splits = {split: datamodule.split_arrays(split) for split in SPLIT_NAMES}
         return splits, list(datamodule.class_names)
     if not data.csv_path:
@@ -127,22 +122,21 @@ def explore(cfg: DictConfig) -> dict[str, Path]:
     for key in ("examples_split", "split"):
         if cfg[key] not in SPLIT_NAMES:
             raise FERUserError(f"{key}={cfg[key]!r} must be one of {', '.join(SPLIT_NAMES)}")
-    checkpoint_path = pretrained.resolve(cfg.ckpt_path) if cfg.ckpt_path else None
-    checkpoint = read_checkpoint(checkpoint_path) if checkpoint_path else None
-    if checkpoint is not None:
-        require_stored_csv(cfg.ckpt_path, checkpoint, cfg.data.csv_path, "data.csv_path")
-    splits, class_names = load_splits(cfg.data, checkpoint)
+    model = load_model(cfg.ckpt_path, exported=False, ensemble=False) if cfg.ckpt_path else None
+    if model is not None:
+        model.require_stored_csv(cfg.data.csv_path, "data.csv_path")
+    splits, class_names = load_splits(cfg.data, model)
     classifier = run_dir = writer = None
-    if checkpoint is not None:
-        classifier = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
+    if model is not None:
+        classifier = model.classifier
         if classifier.class_names != class_names:
             raise FERUserError(
                 f"{cfg.ckpt_path}: the model's classes {classifier.class_names} are not the "
                 f"data's {class_names}"
             )
         indices = image_indices(cfg.image_indices, splits[cfg.split], cfg.split)
-        if not pretrained.is_shipped(cfg.ckpt_path):  # shipped weights have no run
-            run_dir = checkpoint_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
+        if not model.is_pretrained:  # shipped weights have no run
+            run_dir = model.file.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
         if run_dir is not None and (run_dir / "tensorboard").is_dir():
             writer = SummaryWriter(str(run_dir / "tensorboard"))
 

@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
@@ -34,9 +33,9 @@ from fer_lightning.inference import (
     MODEL_SUFFIXES,
     Classifier,
     classifier_from_bytes,
-    classifier_from_checkpoint,
     model_metadata,
 )
+from fer_lightning.loader import load_model
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +141,7 @@ def export(cfg: DictConfig) -> Path:
             f"output={output} must end in {suffix} for format={cfg.format} "
             "(predict recognises the format by the suffix)"
         )
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    reference = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
+    reference = load_model(cfg.ckpt_path, exported=False, ensemble=False).classifier
     metadata = model_metadata(reference)
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.parity_batch_size, reference.in_channels, IMAGE_SIZE, IMAGE_SIZE)

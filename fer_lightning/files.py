@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from fer_lightning.errors import FERUserError
+
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` on a temp file in ``path``'s directory, flush it to disk, then rename it to
@@ -25,3 +27,14 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+def write_output(path: Path, write: Callable[[BinaryIO], object], setting: str = "") -> None:
+    """``write_atomically`` for a file the user named: a write error (a full disk, a read-only
+    folder, a path under a file) is one line naming ``path`` (as ``setting=path`` when given)
+    rather than a traceback about a temporary file; nothing is left half-written."""
+    try:
+        write_atomically(path, write)
+    except OSError as err:
+        named = f"{setting}={path}" if setting else str(path)
+        raise FERUserError(f"{named}: cannot write it ({err.strerror or err})") from err

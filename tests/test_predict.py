@@ -17,7 +17,6 @@ import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from fer_lightning import pretrained
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
@@ -27,22 +26,14 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
-from fer_lightning.inference import TorchClassifier, load_classifier
-from fer_lightning.predict import (
-    AnnotatedWriter,
-    FacePredictor,
-    Frame,
-    HaarFaceDetector,
-    LiveWindow,
-    Tally,
-    crop_face,
-    open_capture,
-    parse_source,
-    predict,
-    source_argv,
-    source_files,
-    write_predictions,
-)
+from fer_lightning.faces import HaarFaceDetector, crop_face
+from fer_lightning.inference import TorchClassifier
+from fer_lightning.loader import load_model
+from fer_lightning.predict import predict
+from fer_lightning.predict.sinks import AnnotatedWriter, LiveWindow, prediction_line
+from fer_lightning.predict.sources import Frame, open_capture, parse_source, source_files
+from fer_lightning.predict.task import FacePredictor, Tally, source_argv, write_predictions
+from fer_lightning.recognizer import EmotionRecognizer
 from tests.conftest import run_module
 
 FACE_SIDE = 160  # synthetic 48x48 faces are upscaled to this in generated scenes
@@ -130,15 +121,15 @@ def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, 
         seen_shapes.append(gray.shape)
         return boxes
 
-    classifier = load_classifier(trained_checkpoint)
-    predictor = FacePredictor(classifier, two_faces, margin=0.0)
+    recognizer = EmotionRecognizer(trained_checkpoint, detector=two_faces, margin=0.0)
+    predictor = FacePredictor(recognizer)
     frame = Frame("scene.png", 0, cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
     [(returned_frame, predictions)] = list(predictor.predict_frames([frame]))
 
     assert returned_frame is frame and seen_shapes == [(100, 200)]
-    lines = [json.loads(prediction.to_json()) for prediction in predictions]
+    lines = [json.loads(prediction_line(frame, face)) for face in predictions]
     assert [line["box"] for line in lines] == [list(box) for box in boxes]
-    expected = classifier.predict_proba(faces)  # margin 0: the crops are the faces exactly
+    expected = recognizer.classify(faces)  # margin 0: the crops are the faces exactly
     for line, row in zip(lines, expected, strict=True):
         assert_valid_prediction(line)
         np.testing.assert_allclose(list(line["probabilities"].values()), row, atol=1e-6)
@@ -148,13 +139,13 @@ def test_out_of_range_predict_options_are_user_errors(tmp_path):
     """batch_size < 1 or fractional, a negative margin, max_frames < 0 and detector settings
     OpenCV would reject on the first frame are refused with the value named; max_frames before
     the checkpoint is even read."""
-    classifier = TorchClassifier(torch.nn.Flatten(), EMOTIONS, in_channels=1)
+    recognizer = EmotionRecognizer("pretrained:baseline")
     for batch_size in (0, 2.5):
         expected = f"batch_size must be a whole number >= 1, got {batch_size}"
         with pytest.raises(FERUserError, match=expected):
-            FacePredictor(classifier, detector=None, batch_size=batch_size)
+            FacePredictor(recognizer, detect=False, batch_size=batch_size)
     with pytest.raises(FERUserError, match=r"margin must be >= 0, got -0\.1"):
-        FacePredictor(classifier, detector=None, margin=-0.1)
+        EmotionRecognizer("pretrained:baseline", margin=-0.1)
     cfg = predict_cfg(tmp_path / "run", tmp_path, tmp_path / "absent.ckpt", "max_frames=-1")
     expected = r"max_frames \(or null\) must be a whole number >= 0, got -1"
     with pytest.raises(FERUserError, match=expected):
@@ -294,7 +285,7 @@ def test_folder_of_crops_with_detect_false_equals_the_evaluate_path(
 
 
 def test_ctrl_c_ends_a_live_stream_normally_but_not_a_file(trained_checkpoint):
-    predictor = FacePredictor(load_classifier(trained_checkpoint), detector=None)
+    predictor = FacePredictor(EmotionRecognizer(trained_checkpoint), detect=False)
     camera_frame = Frame("webcam:0", 0, np.full((48, 48, 3), 90, np.uint8), fps=30.0)
 
     def frames_until_ctrl_c():
@@ -346,15 +337,15 @@ def test_show_without_gui_support_says_what_to_install():
 
 
 def test_shipped_weights_load_by_name(trained_checkpoint, tiny_csv, tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("fer_lightning.checkpoint.PRETRAINED_DIR", tmp_path)
     with pytest.raises(FERUserError, match="no pretrained weights named 'tiny' are shipped"):
-        load_classifier("pretrained:tiny")
+        load_model("pretrained:tiny")
     shutil.copy(trained_checkpoint, tmp_path / "tiny.pt")
     faces = load_fer2013_csv(tiny_csv)["test"].images[:8]
-    expected = load_classifier(trained_checkpoint).predict_proba(faces)
+    expected = load_model(trained_checkpoint).classifier.predict_proba(faces)
     # by name, and by path: a .pt that is no TorchScript archive is loaded as a checkpoint
     for shipped in ("pretrained:tiny", tmp_path / "tiny.pt"):
-        np.testing.assert_array_equal(load_classifier(shipped).predict_proba(faces), expected)
+        np.testing.assert_array_equal(load_model(shipped).classifier.predict_proba(faces), expected)
 
 
 def test_a_bad_cascade_is_a_user_error(tmp_path):

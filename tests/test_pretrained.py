@@ -10,8 +10,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning import checkpoint as checkpoint_module
+from fer_lightning.checkpoint import pretrained_names, read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
@@ -20,7 +20,9 @@ from fer_lightning.pretrained.__main__ import main, ship
 from fer_lightning.tta import TTA_MODES
 from tests.conftest import TINY_SPLIT_SIZES, compose_config
 
-MANIFEST = json.loads((pretrained.WEIGHTS_DIR / "manifest.json").read_text(encoding="utf-8"))
+MANIFEST = json.loads(
+    (checkpoint_module.PRETRAINED_DIR / "manifest.json").read_text(encoding="utf-8")
+)
 NARROW_VGG = "model.net.widths=[48,96,192,384]"
 # each shipped file's training command, as docs/results.md gives it (data paths aside)
 SHIPPED_RECIPES = {
@@ -44,8 +46,8 @@ def weights_dir(tmp_path, monkeypatch):
     """An empty stand-in for the package's weights folder."""
     folder = tmp_path / "weights"
     folder.mkdir()
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
-    monkeypatch.setattr("fer_lightning.pretrained.__main__.WEIGHTS_DIR", folder)
+    monkeypatch.setattr(checkpoint_module, "PRETRAINED_DIR", folder)
+    monkeypatch.setattr("fer_lightning.pretrained.__main__.PRETRAINED_DIR", folder)
     return folder
 
 
@@ -147,7 +149,7 @@ def test_existing_weights_are_replaced_only_with_force(trained_checkpoint, weigh
 
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
     ship(str(trained_checkpoint), "tiny", "none", False)
-    assert pretrained.available() == ["tiny"]
+    assert pretrained_names() == ["tiny"]
     with pytest.raises(FERUserError, match=r"no pretrained weights named 'huge'.*shipped: tiny"):
         read_checkpoint("pretrained:huge")
 
@@ -166,8 +168,8 @@ def test_shipped_weights_load_offline_and_classify(
     tmp_path, tiny_csv, name, net_class, max_megabytes
 ):
     """The real shipped files: the right net, FER2013's classes, a report on any fer2013 csv."""
-    assert name in pretrained.available()
-    assert (pretrained.WEIGHTS_DIR / f"{name}.pt").stat().st_size <= max_megabytes * 10**6
+    assert name in pretrained_names()
+    assert (checkpoint_module.PRETRAINED_DIR / f"{name}.pt").stat().st_size <= max_megabytes * 10**6
     checkpoint = read_checkpoint(f"pretrained:{name}")
     assert checkpoint["fer_run_config"]["model"]["net"]["_target_"].endswith(net_class)
     assert checkpoint["hyper_parameters"]["class_names"] == list(EMOTIONS)
@@ -180,15 +182,15 @@ def test_shipped_weights_load_offline_and_classify(
 
 def test_the_shipped_weights_are_the_ones_the_manifest_lists():
     """No stray or missing file: each shipped name has its manifest entry and recipe test."""
-    assert sorted(MANIFEST) == [f"{name}.pt" for name in pretrained.available()]
-    assert pretrained.available() == sorted(SHIPPED_RECIPES)
+    assert sorted(MANIFEST) == [f"{name}.pt" for name in pretrained_names()]
+    assert pretrained_names() == sorted(SHIPPED_RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_RECIPES))
 def test_each_shipped_file_has_its_manifest_size_and_sha256(name):
     """The manifest beside the weights states each file's own size and digest (a re-shipped file
     without a manifest update fails here)."""
-    path = pretrained.WEIGHTS_DIR / f"{name}.pt"
+    path = checkpoint_module.PRETRAINED_DIR / f"{name}.pt"
     actual = {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert MANIFEST[path.name] == actual, f"manifest.json: {path.name} is {json.dumps(actual)}"
 
