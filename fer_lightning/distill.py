@@ -25,7 +25,7 @@ from fer_lightning.config import CONF_DIR
 from fer_lightning.data.teacher import teacher_record
 from fer_lightning.ensemble import describe_members
 from fer_lightning.errors import FERUserError
-from fer_lightning.files import write_atomically
+from fer_lightning.files import write_output
 from fer_lightning.loader import load_model
 from fer_lightning.system import FERSystem
 
@@ -61,10 +61,7 @@ def write_teacher_targets(cfg: DictConfig) -> Path:
         )
 
     record = teacher_record(probabilities, arrays, class_names, paths, ensemble.tta_modes)
-    try:
-        write_atomically(output, lambda file: torch.save(record, file))
-    except OSError as err:
-        raise FERUserError(f"output={output}: cannot write it ({err.strerror or err})") from err
+    write_output(output, lambda file: torch.save(record, file), "output")
     agreement = (probabilities.argmax(dim=1).numpy() == arrays.labels).mean()
     log.info(
         "Wrote %s: %d training images labelled by %s (they agree with %.1f %% of the labels)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,12 +107,14 @@ def header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int] | No
             with Image.open(io.BytesIO(data)) as header:
                 return header.size
     except Image.DecompressionBombError as err:
-        # over twice Pillow's own limit: beyond any max_pixels that fits in memory
-        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        if max_pixels <= bomb:
+        # over twice Pillow's own limit, which it refuses to measure further; its message gives
+        # the pixel count
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
+        if pixels > max_pixels:
             raise ImageError(
-                f"{name}: more than {bomb:,} pixels, over the limit of {max_pixels:,} "
-                "(max_pixels); a decompression bomb, or a photo to shrink first"
+                f"{name}: {pixels:,} pixels, over the limit of {max_pixels:,} (max_pixels); "
+                "a decompression bomb, or a photo to shrink first"
             ) from err
         return None
     except (UnidentifiedImageError, OSError, ValueError):

@@ -27,6 +27,7 @@ from fer_lightning.export import (
     torchscript_bytes,
 )
 from fer_lightning.inference import (
+    METADATA_KEY,
     OnnxClassifier,
     TorchClassifier,
     classifier_from_bytes,
@@ -252,3 +253,66 @@ def test_a_checkpoint_named_code_is_no_torchscript_archive(trained_checkpoint, t
     code/ folder inside the archive marks TorchScript."""
     torch.save(torch.load(trained_checkpoint, weights_only=True), tmp_path / "code.ckpt")
     assert read_checkpoint(tmp_path / "code.ckpt").keys() >= {"state_dict", "fer_run_config"}
+
+
+def test_an_onnx_graph_unlike_its_metadata_is_one_line_at_load_time(exported, tmp_path):
+    """Ours with in_channels edited, and a foreign graph whose metadata looks like ours, are
+    refused when loaded, through predict's command line too, not inside onnxruntime."""
+    edited = onnx.load(exported["onnx"])
+    [entry] = [entry for entry in edited.metadata_props if entry.key == METADATA_KEY]
+    metadata = json.loads(entry.value)
+    entry.value = json.dumps({**metadata, "in_channels": 3})
+    edited_path = tmp_path / "edited.onnx"
+    onnx.save(edited, edited_path)
+    with pytest.raises(FERUserError, match=r"edited\.onnx: its graph takes tensor\(float\) "):
+        load_model(edited_path)
+
+    inputs = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 32, 32])
+    outputs = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, 32, 32])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "foreign", [inputs], [outputs]
+    )
+    foreign = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    foreign.ir_version = edited.ir_version
+    foreign.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    foreign_path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, foreign_path)
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((48, 48), 90, np.uint8))
+    result = run_module(
+        "fer_lightning.predict",
+        str(photo),
+        f"ckpt_path={foreign_path}",
+        "detect=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {foreign_path}: its graph takes tensor(float) ['N', 1, 32, 32], but its "
+        "metadata says float (N, 1, 48, 48); export models with python -m fer_lightning.export"
+    ]
+
+
+def test_an_export_output_that_cannot_be_written_is_one_line(trained_checkpoint, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    output = blocker / "model.onnx"
+    result = run_module(
+        "fer_lightning.export",
+        f"ckpt_path={trained_checkpoint}",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: output={output}: cannot write it (Not a directory)"
+    ]
+    # nor may it replace the checkpoint it exports
+    copy = tmp_path / "weights.pt"
+    copy.write_bytes(trained_checkpoint.read_bytes())
+    cfg = compose_config(
+        "export", tmp_path, [f"ckpt_path={copy}", "format=torchscript", f"output={copy}"]
+    )
+    with pytest.raises(FERUserError, match=r"weights\.pt is the checkpoint being exported"):
+        export(cfg)
+    assert copy.read_bytes() == trained_checkpoint.read_bytes()

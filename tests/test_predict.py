@@ -4,11 +4,14 @@ one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -34,7 +37,7 @@ from fer_lightning.predict.sinks import AnnotatedWriter, LiveWindow, prediction_
 from fer_lightning.predict.sources import Frame, open_capture, parse_source, source_files
 from fer_lightning.predict.task import FacePredictor, Tally, source_argv, write_predictions
 from fer_lightning.recognizer import EmotionRecognizer
-from tests.conftest import run_module
+from tests.conftest import png_header_claiming, run_module
 
 FACE_SIDE = 160  # synthetic 48x48 faces are upscaled to this in generated scenes
 FACE_TOP = 40
@@ -376,3 +379,162 @@ def test_output_that_is_a_folder_is_one_line_before_anything_runs(tmp_path, trai
     with pytest.raises(FERUserError, match=r"output=.*out is a folder; give the predictions file"):
         predict(cfg)
     assert list(folder.iterdir()) == []
+
+
+# ----------------------------------------------------- outputs, images and progress (hardening)
+
+SHIPPED = "pretrained:baseline"  # loads fast and needs no training run
+
+
+def one_line_error(result) -> str:
+    """The single stderr line of a command that failed as a user mistake (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_output_that_is_a_source_is_refused_and_the_input_kept(tmp_path):
+    victim = tmp_path / "victim.png"
+    cv2.imwrite(str(victim), np.full((60, 60, 3), 90, np.uint8))
+    before = victim.read_bytes()
+    result = run_module(
+        "fer_lightning.predict",
+        str(victim),
+        f"ckpt_path={SHIPPED}",
+        f"output={victim}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert "is one of the sources; predictions never replace an input" in one_line_error(result)
+    assert victim.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "victim.png"]
+
+
+def test_outputs_read_back_as_inputs_or_named_for_another_format_are_refused(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((60, 60, 3), 90, np.uint8))
+    for output, message in [
+        (folder / "out.png", r"lies in the source folder .* with a suffix its scan reads"),
+        (tmp_path / "out.json", r"predictions are written as JSON lines; name a \.jsonl file"),
+    ]:
+        cfg = predict_cfg(tmp_path / "run", folder, SHIPPED, f"output={output}")
+        with pytest.raises(FERUserError, match=message):
+            predict(cfg)
+    # annotated files written into the scanned folder would join the inputs
+    cfg = predict_cfg(folder / "run", folder, SHIPPED, "annotate=true")
+    with pytest.raises(FERUserError, match=r"annotate=true writes into .*overlaps the source"):
+        predict(cfg)
+    assert sorted(path.name for path in folder.iterdir()) == ["a.png"]
+
+
+def test_an_output_under_a_file_is_one_line_naming_it(tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((60, 60, 3), 90, np.uint8))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    output = blocker / "predictions.jsonl"
+    result = run_module(
+        "fer_lightning.predict",
+        str(photo),
+        f"ckpt_path={SHIPPED}",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert one_line_error(result) == f"error: output={output}: cannot write it (Not a directory)"
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled to the last byte (the tests run as root); skipped where mounting
+    is not allowed."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        # unbuffered, so that the write that finds the disk full is the last one
+        with (
+            open(mount_point / "filler", "wb", buffering=0) as filler,
+            contextlib.suppress(OSError),
+        ):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(full_disk, tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((60, 60, 3), 90, np.uint8))
+    output = full_disk / "predictions.jsonl"
+    cfg = predict_cfg(tmp_path / "run", photo, SHIPPED, f"output={output}", "detect=false")
+    with pytest.raises(FERUserError, match=rf"^output={re.escape(str(output))}: cannot write it"):
+        predict(cfg)
+    assert [path.name for path in full_disk.iterdir()] == ["filler"]
+
+
+def test_an_empty_image_file_is_one_line(tmp_path):
+    empty = tmp_path / "cut download.jpg"
+    empty.write_bytes(b"")
+    result = run_module(
+        "fer_lightning.predict",
+        str(empty),
+        f"ckpt_path={SHIPPED}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert one_line_error(result) == f"error: {empty}: an empty file (0 bytes), not an image"
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_claiming(20_000, 20_000))
+    result = run_module(
+        "fer_lightning.predict",
+        str(bomb),
+        f"ckpt_path={SHIPPED}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    line = one_line_error(result)
+    assert line == (
+        f"error: {bomb}: 400,000,000 pixels, over the limit of 100,000,000 (max_pixels); a "
+        "decompression bomb, or a photo to shrink first"
+    )
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((100, 100, 3), 90, np.uint8))
+    cfg = predict_cfg(tmp_path / "run2", photo, SHIPPED, "max_pixels=9999")
+    with pytest.raises(FERUserError, match=r"100x100 = 10,000 pixels, over the limit of 9,999"):
+        predict(cfg)
+
+
+def test_folders_and_videos_report_progress(tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(folder / f"{index}.png"), np.full((48, 48, 3), 40 * index, np.uint8))
+    video = folder / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 48))
+    for _ in range(4):
+        writer.write(np.full((48, 48, 3), 90, np.uint8))
+    writer.release()
+    cfg = predict_cfg(tmp_path / "run", folder, SHIPPED, "detect=false", "progress_seconds=0")
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        predict(cfg)
+    progress = [line for line in caplog.messages if line.startswith("Progress: ")]
+    assert progress[:3] == [f"Progress: file {n}/4; {n} face(s) so far" for n in (1, 2, 3)]
+    assert progress[3:] == [
+        f"Progress: file 4/4, {video} frame {n}/4; {3 + n} face(s) so far" for n in range(1, 5)
+    ]
+    caplog.clear()
+    quiet = predict_cfg(tmp_path / "run2", folder, SHIPPED, "detect=false")  # every 10 s
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        predict(quiet)
+    assert not [line for line in caplog.messages if line.startswith("Progress: ")]

@@ -167,13 +167,8 @@ def write_predictions(
         results.close()
 
 
-def check_output(output: Path) -> None:
-    """The predictions file is a ``.jsonl`` file path, not a folder."""
-    if output.is_dir():
-        raise FERUserError(
-            f"output={output} is a folder; give the predictions file's path "
-            f"(e.g. output={output / 'predictions.jsonl'})"
-        )
+def check_output_suffix(output: Path) -> None:
+    """The predictions file is named as what it holds: JSON lines."""
     if output.suffix.lower() != PREDICTIONS_SUFFIX:
         raise FERUserError(
             f"output={output}: predictions are written as JSON lines; name a "
@@ -225,11 +220,16 @@ def predict(cfg: DictConfig) -> Path:
         check_whole_number("max_frames (or null)", cfg.max_frames, 0)
     output_dir = Path(cfg.paths.output_dir)
     output = Path(cfg.output or output_dir / "predictions.jsonl").expanduser()
-    check_output(output)
+    if output.is_dir():
+        raise FERUserError(
+            f"output={output} is a folder; give the predictions file's path "
+            f"(e.g. output={output / 'predictions.jsonl'})"
+        )
     annotated_dir = output_dir / "annotated" if cfg.annotate else None
     files = None if live else source_files(source)
     if files is not None:
         check_inputs_kept(output, annotated_dir, source, files)
+    check_output_suffix(output)
     progress = Progress(cfg.progress_seconds)
     recognizer = EmotionRecognizer(
         cfg.ckpt_path,
