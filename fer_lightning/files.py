@@ -37,4 +37,7 @@ def write_output(path: Path, write: Callable[[BinaryIO], object], setting: str =
         write_atomically(path, write)
     except OSError as err:
         named = f"{setting}={path}" if setting else str(path)
-        raise FERUserError(f"{named}: cannot write it ({err.strerror or err})") from err
+        # a file where a folder should be: mkdir says "File exists", which names no file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else err.strerror or str(err)
+        raise FERUserError(f"{named}: cannot write it ({reason})") from err

@@ -305,7 +305,7 @@ def test_an_export_output_that_cannot_be_written_is_one_line(trained_checkpoint,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"error: output={output}: cannot write it (Not a directory)"
+        f"error: output={output}: cannot write it ({blocker} is a file, not a folder)"
     ]
     # nor may it replace the checkpoint it exports
     copy = tmp_path / "weights.pt"

@@ -442,7 +442,9 @@ def test_an_output_under_a_file_is_one_line_naming_it(tmp_path):
         f"output={output}",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    assert one_line_error(result) == f"error: output={output}: cannot write it (Not a directory)"
+    assert one_line_error(result) == (
+        f"error: output={output}: cannot write it ({blocker} is a file, not a folder)"
+    )
 
 
 @pytest.fixture

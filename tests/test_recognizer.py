@@ -25,7 +25,7 @@ from fer_lightning.faces import DETECTORS, detect_faces, make_detector
 from fer_lightning.images import MAX_PIXELS, read_image
 from tests.conftest import png_header_claiming, run_module
 
-FAST_MODEL = "pretrained:baseline"  # shipped, loads in a blink, no TTA of its own
+FAST_MODEL = "pretrained:baseline"  # shipped, loads in a blink; shipped with tta=flip
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_real_photo_gives_one_face_with_a_label(recognizer, photo_bgr):
     x, y, width, height = face.box
     # the astronaut's face: around x 180-270, y 70-160 of the 512x512 photo
     assert 150 < x + width / 2 < 300 and 50 < y + height / 2 < 200 and 60 < width < 200
-    assert recognizer.class_names == list(EMOTIONS) and recognizer.tta == "none"
+    assert recognizer.class_names == list(EMOTIONS) and recognizer.tta == "flip"
 
 
 def test_every_input_kind_gives_the_same_faces(recognizer, astronaut, photo_bgr, tmp_path):
