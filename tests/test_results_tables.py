@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from fer_lightning import pretrained
+from fer_lightning.checkpoint import pretrained_names
 from tests.conftest import ROOT
 from tests.test_pretrained import SHIPPED_RECIPES
 
@@ -59,10 +59,10 @@ def test_each_run_reports_the_tta_it_chose_on_publictest(run):
 
 def test_the_shipped_models_are_the_shipped_files():
     single = [row for row in SHIPPED if not row["ckpt_path"].startswith("[")]
-    assert sorted(tables.members(row["ckpt_path"])[0] for row in single) == pretrained.available()
+    assert sorted(tables.members(row["ckpt_path"])[0] for row in single) == pretrained_names()
     assert all(row["ckpt_path"] == f"pretrained:{row['run']}" for row in single)
     for row in SHIPPED:
-        assert set(tables.members(row["ckpt_path"])) <= set(pretrained.available())
+        assert set(tables.members(row["ckpt_path"])) <= set(pretrained_names())
 
 
 @pytest.mark.parametrize("row", SHIPPED, ids=lambda row: row["run"])
