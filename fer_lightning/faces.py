@@ -1,7 +1,9 @@
 """Finding faces in an image and cropping them as the classifiers take them (48x48 gray).
 
-Detectors are callables from a gray uint8 image to face boxes (x, y, width, height), registered
-by name in ``DETECTORS``; ``"default"`` names ``DEFAULT_DETECTOR``. Detection runs on a copy whose
+Detectors are callables from a BGR or gray uint8 image to face boxes (x, y, width, height),
+registered by name in ``DETECTORS``; ``"default"`` names ``DEFAULT_DETECTOR``, MediaPipe's
+BlazeFace (``fer_lightning.blazeface``), which finds more faces than OpenCV's Haar cascade with
+fewer false ones, in a fraction of its time (docs/app.md). Detection runs on a copy whose
 longer side is at most ``DETECTION_MAX_SIDE`` pixels (its boxes mapped back), so a large photo
 costs no more than a screen-sized one.
 """
@@ -14,12 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_lightning.blazeface import BlazeFaceDetector
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.images import opencv_log_silenced
 
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels
-FaceDetector = Callable[[np.ndarray], Sequence[Box]]  # gray uint8 image (H, W) -> face boxes
+# BGR (H, W, 3) or gray (H, W) uint8 image -> face boxes
+FaceDetector = Callable[[np.ndarray], Sequence[Box]]
 # the longer side of the image detectors see; larger images are scaled down to it
 DETECTION_MAX_SIDE = 1280
 
@@ -59,7 +63,8 @@ class HaarFaceDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
 
-    def __call__(self, gray: np.ndarray) -> list[Box]:
+    def __call__(self, image: np.ndarray) -> list[Box]:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
         boxes = self.cascade.detectMultiScale(
             gray,
             scaleFactor=self.scale_factor,
@@ -72,8 +77,11 @@ class HaarFaceDetector:
 
 
 # detector name -> factory (its keyword arguments are the detector's settings)
-DETECTORS: dict[str, Callable[..., FaceDetector]] = {"haar": HaarFaceDetector}
-DEFAULT_DETECTOR = "haar"
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {
+    "blazeface": BlazeFaceDetector,
+    "haar": HaarFaceDetector,
+}
+DEFAULT_DETECTOR = "blazeface"
 
 
 def make_detector(name: str = "default", **settings: object) -> FaceDetector:
@@ -87,17 +95,17 @@ def make_detector(name: str = "default", **settings: object) -> FaceDetector:
 
 
 def detect_faces(
-    detector: FaceDetector, gray: np.ndarray, max_side: int = DETECTION_MAX_SIDE
+    detector: FaceDetector, image: np.ndarray, max_side: int = DETECTION_MAX_SIDE
 ) -> list[Box]:
-    """The boxes ``detector`` finds in ``gray``, run on a copy scaled down to at most
-    ``max_side`` pixels on its longer side; boxes are in ``gray``'s pixels, inside it."""
-    height, width = gray.shape
+    """The boxes ``detector`` finds in ``image`` (BGR or gray), run on a copy scaled down to at
+    most ``max_side`` pixels on its longer side; boxes are in ``image``'s pixels, inside it."""
+    height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     boxes = []
-    for box in detector(gray):
+    for box in detector(image):
         x, y, box_width, box_height = (int(value) for value in box)
         if scale < 1.0:
             left, top = round(x / scale), round(y / scale)

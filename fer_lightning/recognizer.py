@@ -68,7 +68,8 @@ class EmotionRecognizer:
 
         ``tta`` is the test-time augmentation (``"none"``, ``"flip"``, ``"tencrop"``; None: the
         one the model carries). ``detector`` names one of ``fer_lightning.faces.DETECTORS``
-        (``"default"``, ``"haar"``) or is a callable from a gray image to boxes. ``device`` runs
+        (``"default"`` = ``"blazeface"``, ``"haar"``) or is a callable from a BGR or gray image to
+        boxes. ``device`` runs
         the model (``"cpu"``, ``"cuda"``, ``"cuda:1"``). ``threads`` sets the CPU threads of
         torch, onnxruntime and OpenCV (torch's and OpenCV's for the whole process); None leaves
         their defaults. ``margin`` grows each face box before cropping; images over
@@ -116,7 +117,7 @@ class EmotionRecognizer:
         (F, 48, 48); ``detect=False``: the whole image as one face."""
         gray = to_gray(image)
         if detect:
-            boxes = detect_faces(self.detector, gray)
+            boxes = detect_faces(self.detector, image)  # colour, where given, finds more faces
         else:
             boxes = [(0, 0, gray.shape[1], gray.shape[0])]
         return crop_faces(gray, boxes, self.margin)

@@ -78,6 +78,9 @@ def overlap(box: list[int], other: tuple[int, int, int, int]) -> float:
 
 
 def predict_cfg(run_dir: Path, source: Path | str, trained_checkpoint: Path, *overrides: str):
+    """The predict config; the scenes here are of synthetic faces picked as ones the Haar cascade
+    finds, so it detects with that (the default detector's photos are in test_blazeface.py)."""
+    overrides = ("detector=haar", *overrides)
     return compose_config(
         "predict", run_dir, [f"source={source}", f"ckpt_path={trained_checkpoint}", *overrides]
     )
@@ -120,8 +123,8 @@ def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, 
         image[y : y + height, x : x + width] = face
     seen_shapes = []
 
-    def two_faces(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        seen_shapes.append(gray.shape)
+    def two_faces(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        seen_shapes.append(image.shape)
         return boxes
 
     recognizer = EmotionRecognizer(trained_checkpoint, detector=two_faces, margin=0.0)
@@ -129,7 +132,7 @@ def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, 
     frame = Frame("scene.png", 0, cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
     [(returned_frame, predictions)] = list(predictor.predict_frames([frame]))
 
-    assert returned_frame is frame and seen_shapes == [(100, 200)]
+    assert returned_frame is frame and seen_shapes == [(100, 200, 3)]  # detectors see colour
     lines = [json.loads(prediction_line(frame, face)) for face in predictions]
     assert [line["box"] for line in lines] == [list(box) for box in boxes]
     expected = recognizer.classify(faces)  # margin 0: the crops are the faces exactly

@@ -99,7 +99,9 @@ def test_every_input_kind_gives_the_same_faces(recognizer, astronaut, photo_bgr,
     gray = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2GRAY)
     from_gray = recognizer.analyze(gray)
     assert from_gray == recognizer.analyze(Image.fromarray(gray))  # PIL "L" stays gray
-    assert [face.box for face in from_gray] == [face.box for face in expected]
+    # the same face; the default detector sees colour, so a gray copy moves its box a little
+    [gray_face], [colour_face] = from_gray, expected
+    np.testing.assert_allclose(gray_face.box, colour_face.box, atol=4)
     # without rgb=True an array is BGR, as OpenCV's are
     np.testing.assert_array_equal(read_image(astronaut, rgb=True), photo_bgr)
     np.testing.assert_array_equal(read_image(photo_bgr), photo_bgr)
@@ -166,7 +168,7 @@ def test_threads_sets_the_libraries_threads(tiny_csv):
 def test_detectors_are_named_in_a_registry(photo_bgr):
     assert "haar" in DETECTORS
     assert EmotionRecognizer(FAST_MODEL, detector="haar").analyze(photo_bgr)
-    with pytest.raises(FERUserError, match=r"detector='dnn9' is not one of default, haar"):
+    with pytest.raises(FERUserError, match=r"detector='dnn9' is not one of default, blazeface, haar"):
         make_detector("dnn9")
 
 
