@@ -37,7 +37,7 @@ import matplotlib
 import numpy as np
 
 from fer_lightning.blazeface import DEFAULT_MIN_SCORE, BlazeFaceDetector
-from fer_lightning.predict import HaarFaceDetector
+from fer_lightning.faces import HaarFaceDetector
 
 Box = tuple[int, int, int, int]
 

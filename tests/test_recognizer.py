@@ -168,7 +168,9 @@ def test_threads_sets_the_libraries_threads(tiny_csv):
 def test_detectors_are_named_in_a_registry(photo_bgr):
     assert "haar" in DETECTORS
     assert EmotionRecognizer(FAST_MODEL, detector="haar").analyze(photo_bgr)
-    with pytest.raises(FERUserError, match=r"detector='dnn9' is not one of default, blazeface, haar"):
+    with pytest.raises(
+        FERUserError, match=r"detector='dnn9' is not one of default, blazeface, haar"
+    ):
         make_detector("dnn9")
 
 
