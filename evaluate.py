@@ -1,18 +1,7 @@
-"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=val] [data.csv_path=...]`."""
+"""Evaluate a checkpoint: `python evaluate.py ckpt_path=... [split=val] [data.csv_path=...]`, as
+`fer-lightning evaluate ...` does."""
 
-import hydra
-from omegaconf import DictConfig
-
-from fer_lightning.cli import exit_on_user_error
-from fer_lightning.config import CONF_DIR
-from fer_lightning.evaluation import evaluate
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    """Print the per-class report of one split and write metrics.json and the confusion matrix."""
-    exit_on_user_error(evaluate, cfg)
-
+from fer_lightning.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,7 @@
-"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`."""
+"""Train a facial-expression classifier: `python train.py [model=deep] [trainer.gpus=1]`, as
+`fer-lightning train ...` does."""
 
-import hydra
-from omegaconf import DictConfig
-
-from fer_lightning.cli import run_task
-from fer_lightning.config import CONF_DIR
-from fer_lightning.training import run_training
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Fit, select on PublicTest, test once on PrivateTest; return the metric a sweep optimises."""
-    return run_task(run_training, cfg)
-
+from fer_lightning.train import main
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,16 @@
-"""Benchmark: FER2013 csv -> arrays, seed 000's pandas loop vs ours (cold, and from the cache).
+"""Benchmark: FER2013 csv -> arrays, the reference pandas loop vs ours (cold, and from the cache).
 
     python benchmarks/bench_parse.py --csv ../shared/fer2013/fer2013.csv.gz --repeats 3
 
-Seed 000 reads the csv with pandas and converts every row with ``np.fromstring``; that loop is
-copied verbatim below and timed together with its ``read_csv`` for all three splits. It is slow
-(several seconds), so it runs ``--seed-repeats`` times (default 1). "Ours cold" parses the same
-file without a cache; "ours warm" loads from a cache filled beforehand (in a temp dir), found by
-the csv's path and inode state (``stat``: inode, size, mtime and change time). The last row prices
-the alternative key, a hash of the csv's content: the warm load plus a blake2b pass over the file.
-Each method's arrays are checked against seed 000's before anything is printed. Prints a markdown
-table of medians and speed-ups, with the command line.
+The reference (the baseline Keras implementation, seed 000) reads the csv with pandas and
+converts every row with ``np.fromstring``; that loop is copied verbatim below and timed together
+with its ``read_csv`` for all three splits. It is slow (several seconds), so it runs
+``--reference-repeats`` times (default 1). "Ours cold" parses the same file without a cache;
+"ours warm" loads from a cache filled beforehand (in a temp dir), found by the csv's path and
+inode state (``stat``: inode, size, mtime and change time). The last row prices the alternative
+key, a hash of the csv's content: the warm load plus a blake2b pass over the file. Each method's
+arrays are checked against the reference's before anything is printed. Prints a markdown table
+of medians and speed-ups, with the command line.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from fer_lightning.data import load_fer2013_csv
 
 
 def prepare_data(data):
-    """Seed 000's conversion, verbatim."""
+    """The reference's conversion, verbatim."""
     image_array = np.zeros(shape=(len(data), 48, 48))
     image_label = np.array(list(map(int, data["emotion"])))
 
@@ -45,8 +46,8 @@ def prepare_data(data):
     return image_array, image_label
 
 
-def seed000(csv: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Seed 000's loading, split by split (it named PublicTest "test" and PrivateTest "val")."""
+def reference_loading(csv: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The reference loading, split by split (it named PublicTest "test" and PrivateTest "val")."""
     data = pd.read_csv(csv)
     train_image_array, train_image_label = prepare_data(data[data["Usage"] == "Training"])
     test_image_array, test_image_label = prepare_data(data[data["Usage"] == "PublicTest"])
@@ -80,17 +81,19 @@ def check_same(ours: dict, reference: dict, label: str) -> None:
             np.array_equal(ours[split].images, images)
             and np.array_equal(ours[split].labels, labels)
         ):
-            raise SystemExit(f"{label}: {split} arrays differ from seed 000's")
+            raise SystemExit(f"{label}: {split} arrays differ from the reference's")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", required=True, help="fer2013.csv or fer2013.csv.gz")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each of ours (median)")
-    parser.add_argument("--seed-repeats", type=int, default=1, help="runs of seed 000's loop")
+    parser.add_argument(
+        "--reference-repeats", type=int, default=1, help="runs of the reference loop (median)"
+    )
     args = parser.parse_args()
 
-    seed_time, reference = timed(lambda: seed000(args.csv), args.seed_repeats)
+    reference_time, reference = timed(lambda: reference_loading(args.csv), args.reference_repeats)
     cold_time, cold = timed(lambda: load_fer2013_csv(args.csv), args.repeats)
     check_same(cold, reference, "ours cold")
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -105,18 +108,18 @@ def main() -> None:
     print(f"`python {shlex.join(sys.argv)}`  ")
     print(
         f"{rows:,} rows; python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"pandas {pd.__version__}; medians of {args.seed_repeats} (seed 000) / "
+        f"pandas {pd.__version__}; medians of {args.reference_repeats} (reference) / "
         f"{args.repeats} (ours) runs\n"
     )
-    print("| method | median s | speed-up vs seed 000 |")
+    print("| method | median s | speed-up vs reference |")
     print("|---|---:|---:|")
     for name, seconds in (
-        ("seed 000: pandas read_csv + per-row np.fromstring", seed_time),
+        ("reference: pandas read_csv + per-row np.fromstring", reference_time),
         ("ours, cold (no cache)", cold_time),
         ("ours, warm (from the .npz cache)", warm_time),
         ("ours, warm, if keyed by a content hash", warm_time + hash_time),
     ):
-        print(f"| {name} | {seconds:.3f} | {seed_time / seconds:.1f}x |")
+        print(f"| {name} | {seconds:.3f} | {reference_time / seconds:.1f}x |")
 
 
 if __name__ == "__main__":

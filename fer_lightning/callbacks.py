@@ -1,27 +1,22 @@
-"""Callbacks: TensorBoard extras (confusion-matrix and sample-prediction figures, hparams with
-metrics) and weight averaging that tests what it validated."""
+"""Callbacks: TensorBoard extras (confusion-matrix and sample-prediction figures, the net's graph),
+weight averaging that tests what it validated, and a progress bar safe in DDP runs."""
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from matplotlib.figure import Figure
-from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging, RichProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
-from fer_lightning.report import plot_confusion_matrix
-
-GRID_COLUMNS = 8
-HPARAM_SCALARS = (bool, int, float, str)
+from fer_lightning.figures import plot_confusion_matrix, plot_sample_predictions
 
 
 def _tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
@@ -30,42 +25,6 @@ def _tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
-
-
-def _display_image(image: torch.Tensor) -> tuple[torch.Tensor, str | None]:
-    """CHW tensor -> (HW or HWC array scaled to [0, 1], colormap) for ``imshow``."""
-    image = image.detach().float().cpu()
-    low, high = image.min(), image.max()
-    image = (image - low) / (high - low) if high > low else torch.zeros_like(image)
-    if image.shape[0] == 1:
-        return image[0], "gray"
-    return image.permute(1, 2, 0), None
-
-
-def plot_sample_predictions(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    probabilities: torch.Tensor,
-    class_names: list[str],
-) -> Figure:
-    """Grid of images titled "pred (p) / true", green when correct and red when wrong."""
-    num_images = images.shape[0]
-    columns = min(GRID_COLUMNS, num_images)
-    rows = math.ceil(num_images / columns)
-    figure = Figure(figsize=(1.9 * columns, 2.1 * rows), layout="constrained")
-    confidences, predictions = probabilities.max(dim=1)
-    for index in range(num_images):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        pixels, cmap = _display_image(images[index])
-        axes.imshow(pixels.numpy(), cmap=cmap, vmin=0.0, vmax=1.0)
-        predicted, true = int(predictions[index]), int(targets[index])
-        axes.set_title(
-            f"{class_names[predicted]} ({confidences[index]:.2f})\n/ {class_names[true]}",
-            fontsize=8,
-            color="green" if predicted == true else "red",
-        )
-        axes.axis("off")
-    return figure
 
 
 class TensorBoardExtras(Callback):
@@ -141,34 +100,6 @@ class TensorBoardExtras(Callback):
             figure = plot_sample_predictions(*self._samples, class_names)
             writer.add_figure("val/sample_predictions", figure, trainer.global_step, close=True)
             self._samples = None
-
-
-def _flatten_params(params: Mapping[str, Any], parent: str = "") -> dict[str, Any]:
-    """Nested mappings -> "a/b" keys; values TensorBoard cannot show as hparams become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{parent}/{key}" if parent else str(key)
-        if isinstance(value, Mapping):
-            flat.update(_flatten_params(value, name))
-        else:
-            flat[name] = value if isinstance(value, HPARAM_SCALARS) else str(value)
-    return flat
-
-
-def log_hparams_with_metrics(
-    logger: Logger | None, params: Mapping[str, Any], metrics: Mapping[str, Any]
-) -> None:
-    """Log flattened ``params`` with final ``metrics`` to TensorBoard's HPARAMS tab, then close
-    the event file: this is the run's last write, after Lightning finalized the logger (the write
-    reopens it; left open, its flush thread outlives the run, one per multirun job).
-
-    Does nothing for other loggers (or None), so callers need not check the logger type.
-    """
-    if not isinstance(logger, TensorBoardLogger):
-        return
-    final_metrics = {name: float(value) for name, value in metrics.items()}
-    logger.log_hyperparams(_flatten_params(params), final_metrics)
-    logger.finalize("success")
 
 
 class HostCountedAveragedModel(AveragedModel):
@@ -262,3 +193,17 @@ class EMAWeights(EMAWeightAveraging):
     ) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class DistributedRichProgressBar(RichProgressBar):
+    """RichProgressBar that does not hang multi-process (DDP) runs.
+
+    Only rank 0 shows a bar, and Lightning's bar computes the logged metrics only there; metrics
+    logged with ``sync_dist=True`` then wait forever for the other ranks' all-reduce
+    (Lightning issue #21264). Here every rank computes them at the same points.
+    """
+
+    def _update_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            _ = trainer.progress_bar_metrics  # cached: the bar on rank 0 does not sync again
+        super()._update_metrics(trainer, pl_module)

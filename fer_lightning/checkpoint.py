@@ -1,5 +1,6 @@
 """Self-describing checkpoints: the resolved run config travels inside, so evaluation needs
-nothing else."""
+nothing else. Reads checkpoint files and the shipped weights, named `pretrained:<name>`: slimmed
+checkpoints in fer_lightning/pretrained/ (written by `python -m fer_lightning.pretrained`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from torch import nn
 
-from fer_lightning import pretrained
 from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.tta import check_tta_mode
 
@@ -26,6 +26,37 @@ VAL_METRICS_KEY = "fer_val_metrics"
 TTA_KEY = "tta"
 # what Lightning needs to resume a fit; slimmed and shipped weights leave them out
 TRAINING_STATE_KEYS = frozenset({"loops", "optimizer_states", "pytorch-lightning_version"})
+PRETRAINED_PREFIX = "pretrained:"
+# the shipped weights: <name>.pt, loaded offline as `pretrained:<name>`
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def pretrained_names() -> list[str]:
+    """Names of the shipped weights."""
+    return sorted(path.stem for path in PRETRAINED_DIR.glob("*.pt"))
+
+
+def is_pretrained(ckpt_path: str | os.PathLike) -> bool:
+    """Whether ``ckpt_path`` names shipped weights (`pretrained:<name>`) rather than a file."""
+    return str(ckpt_path).startswith(PRETRAINED_PREFIX)
+
+
+def resolve_checkpoint_path(ckpt_path: str | os.PathLike | list[str]) -> Path:
+    """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
+    if isinstance(ckpt_path, ListConfig | list | tuple):  # an ensemble's members, not one model
+        raise FERUserError(
+            f"got a list of checkpoints ({list(ckpt_path)}); only evaluate.py and predict take "
+            "one (an ensemble), here name a single checkpoint"
+        )
+    text = str(ckpt_path)
+    if not is_pretrained(text):
+        return Path(text).expanduser()
+    name = text.removeprefix(PRETRAINED_PREFIX)
+    path = PRETRAINED_DIR / f"{name}.pt"
+    if not path.is_file():
+        shipped = ", ".join(pretrained_names()) or "none yet"
+        raise FERUserError(f"no pretrained weights named {name!r} are shipped (shipped: {shipped})")
+    return path
 
 
 class StoreRunConfig(Callback):
@@ -51,7 +82,7 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
     """Load a checkpoint (a path, or `pretrained:<name>` for shipped weights) with torch's safe
     `weights_only` loader; bad files fail in one line. ``mmap``: tensors are mapped, not read,
     until used (to inspect a file that something else loads)."""
-    path = pretrained.resolve(path)
+    path = resolve_checkpoint_path(path)
     if path.is_dir():
         raise FERUserError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():

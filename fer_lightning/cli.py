@@ -1,9 +1,13 @@
-"""Shared plumbing of the command-line entry points: user mistakes as one line, and multirun jobs
-that fail alone instead of ending the sweep."""
+"""Shared plumbing of the command-line entry points: user mistakes as one line (a mistaken setting
+on the command line with the right key), and multirun jobs that fail alone instead of ending the
+sweep."""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
+import os
 import re
 import sys
 import traceback
@@ -14,9 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -30,6 +35,8 @@ T = TypeVar("T")
 FAILED_MARKER = "FAILED"
 # left in the folder of a multirun job that SIGTERM stopped (it resumes with ckpt_path=auto)
 PREEMPTED_MARKER = "PREEMPTED"
+# the most keys a hint offers for a setting a task does not have
+HINTED_KEYS = 3
 
 
 def user_error(error: BaseException) -> FERUserError | None:
@@ -63,6 +70,88 @@ def exit_on_user_error(task: Callable[..., T], *args: object) -> T:
             raise
         print(f"error: {mistake}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def settings_in_one_line(main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a ``@hydra.main`` entry point so that a mistaken setting on the command line (a key the
+    task does not have, a config option that does not exist, an override that does not parse) is
+    one line on stderr and exit status 2, naming the right key when there is one near it, e.g.
+    ``data.csv_path=`` for ``csv_path=``.
+
+    Hydra prints these mistakes over several lines, advising to add the key with ``+``; it passes
+    them on only with HYDRA_FULL_ERROR=1, which is therefore set while ``main`` runs (a user's own
+    HYDRA_FULL_ERROR=1 still gets Hydra's full errors).
+    """
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        before = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            return main(*args, **kwargs)
+        except (ConfigCompositionException, OverrideParseException) as err:
+            if before == "1":
+                raise
+            print(f"error: {setting_mistake(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        finally:
+            if before is None:
+                del os.environ["HYDRA_FULL_ERROR"]
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = before
+
+    return wrapped
+
+
+def setting_mistake(error: ConfigCompositionException | OverrideParseException) -> str:
+    """Hydra's error about the command line's settings as one line, with a hint where one helps."""
+    overridden = re.match(r"Could not override '([^']+)'", str(error))
+    node = getattr(error.__cause__, "parent_node", None)
+    if overridden and isinstance(node, DictConfig):
+        return unknown_setting(overridden.group(1), node._get_root())
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"{group}={name}: there is no such {group} (the options: {', '.join(error.options)})"
+    # not Hydra's advice to add a key or a config with "+": that is not what a user meant
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(line for line in lines if not line.startswith("To append"))
+
+
+def unknown_setting(key: str, root: DictConfig) -> str:
+    """A task's answer to ``key=...`` when its config has no ``key``: the keys that end like it
+    (``data.csv_path`` for ``csv_path``), begin like it or are spelled nearly like it, else the
+    settings of the deepest node of ``key`` that exists."""
+    task = root.get("task_name", "this task")
+    tree = OmegaConf.to_container(root, resolve=False)
+    tree.pop("hydra", None)
+    settings = list(_setting_paths(tree))
+    last = key.rpartition(".")[2]
+    near = (
+        [path for path in settings if path.endswith(f".{key}")]
+        or [path for path in settings if path.rpartition(".")[2] == last]
+        or [path for path in settings if path.startswith(key)]
+        or difflib.get_close_matches(key, settings, n=HINTED_KEYS, cutoff=0.8)
+    )
+    if near:
+        keys = " or ".join(f"{path}=..." for path in near[:HINTED_KEYS])
+        return f"{task} has no setting {key}; did you mean {keys}?"
+    node, parents = tree, []
+    for part in key.split(".")[:-1]:
+        if not isinstance(node.get(part), dict):
+            break
+        node = node[part]
+        parents.append(part)
+    where = f" of {'.'.join(parents)}" if parents else ""
+    return f"{task} has no setting {key}; the settings{where} are {', '.join(node)}"
+
+
+def _setting_paths(tree: dict, parent: str = "") -> Iterator[str]:
+    """The dotted keys of every node and value of a config tree (lists are values)."""
+    for key, value in tree.items():
+        path = f"{parent}.{key}" if parent else str(key)
+        yield path
+        if isinstance(value, dict):
+            yield from _setting_paths(value, path)
 
 
 def run_task(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:

@@ -1,9 +1,11 @@
-"""Compose the project's Hydra configs outside a Hydra main (tests, benchmarks, notebooks)."""
+"""Where the Hydra configs are (CONF_DIR, for every Hydra main), and composing them outside a Hydra
+main (tests, benchmarks, notebooks)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -11,13 +13,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-# conf/paths reads the repository root from $PROJECT_ROOT (as lightning-hydra-template does); every
-# entry point imports this module before its config is resolved, so setting it here covers them all.
-# Always this repository's root, as the template's rootutils sets it: a PROJECT_ROOT exported for
-# another project must not move this one's data, cache and logs (paths.root_dir=... does that).
-os.environ["PROJECT_ROOT"] = str(ROOT)
-CONF_DIR = ROOT / "conf"
+
+def _conf_dir() -> Path:
+    """The Hydra configs: inside an installed package (conf/ ships as fer_lightning/conf), else the
+    conf/ beside the package in a clone (editable installs too)."""
+    packaged = Path(str(files("fer_lightning") / "conf"))
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def compose_config(

@@ -19,18 +19,14 @@ import torch
 from omegaconf import DictConfig
 
 from fer_lightning.builders import build_trainer
-from fer_lightning.checkpoint import (
-    datamodule_from_checkpoint,
-    read_checkpoint,
-    require_stored_csv,
-    run_config,
-)
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.checkpoint import run_config
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.data.teacher import teacher_record
-from fer_lightning.ensemble import checkpoint_paths, describe_members, ensemble_from_loaded
+from fer_lightning.ensemble import describe_members
 from fer_lightning.errors import FERUserError
-from fer_lightning.files import write_atomically
+from fer_lightning.files import write_output
+from fer_lightning.loader import load_model
 from fer_lightning.system import FERSystem
 
 log = logging.getLogger(__name__)
@@ -46,14 +42,12 @@ def write_teacher_targets(cfg: DictConfig) -> Path:
     output = Path(cfg.output or Path(cfg.paths.output_dir) / OUTPUT_NAME).expanduser()
     if output.is_dir():
         raise FERUserError(f"output={output} is a folder; name the file to write")
-    paths = checkpoint_paths(cfg.ckpt_path)
-    checkpoints = [read_checkpoint(path) for path in paths]
-    require_stored_csv(paths[0], checkpoints[0], cfg.data.csv_path, "data.csv_path")
-    _check_same_split(checkpoints, paths)
-    ensemble, class_names = ensemble_from_loaded(checkpoints, paths, cfg.tta)
-    datamodule = datamodule_from_checkpoint(
-        checkpoints[0], {**cfg.data, "in_channels": ensemble.in_channels}
-    )
+    model = load_model(cfg.ckpt_path, tta=cfg.tta, exported=False)
+    paths, class_names = model.names, model.class_names
+    model.require_stored_csv(cfg.data.csv_path, "data.csv_path")
+    _check_same_split(model.checkpoints, paths)
+    ensemble = model.mean_ensemble()
+    datamodule = model.datamodule({**cfg.data, "in_channels": ensemble.in_channels})
     system = FERSystem(net=ensemble, class_names=class_names).eval()
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
     batches = trainer.predict(system, dataloaders=datamodule.dataloader("train"))
@@ -67,10 +61,7 @@ def write_teacher_targets(cfg: DictConfig) -> Path:
         )
 
     record = teacher_record(probabilities, arrays, class_names, paths, ensemble.tta_modes)
-    try:
-        write_atomically(output, lambda file: torch.save(record, file))
-    except OSError as err:
-        raise FERUserError(f"output={output}: cannot write it ({err.strerror or err})") from err
+    write_output(output, lambda file: torch.save(record, file), "output")
     agreement = (probabilities.argmax(dim=1).numpy() == arrays.labels).mean()
     log.info(
         "Wrote %s: %d training images labelled by %s (they agree with %.1f %% of the labels)",
@@ -97,6 +88,7 @@ def _check_same_split(checkpoints: Sequence[dict[str, Any]], paths: Sequence[str
                 )
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="distill")
 def main(cfg: DictConfig) -> None:
     """Write the teacher targets of the training split."""

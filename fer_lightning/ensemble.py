@@ -1,4 +1,4 @@
-"""Ensembles: ``ckpt_path=[a,b,...]`` in evaluate.py and predict averages the class
+"""Ensembles: ``ckpt_path=[a,b,...]`` in evaluate.py, distill and predict averages the class
 probabilities of several trained nets, each with its own input channels and test-time
 augmentation (the mode it was shipped with, or ``tta=`` for all)."""
 
@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from omegaconf import ListConfig
 from pytorch_lightning import LightningModule
 from torch import nn
 
-from fer_lightning.checkpoint import read_checkpoint, stored_tta, system_from_checkpoint
 from fer_lightning.errors import FERUserError
 from fer_lightning.tta import check_tta_mode, probabilities_as_logits, tta_probabilities
 
@@ -51,29 +49,6 @@ def checkpoint_paths(ckpt_path: str | os.PathLike | Sequence[str]) -> list[str]:
             "ckpt_path=[pretrained:vgg,pretrained:deep]"
         )
     return [str(path) for path in ckpt_path]
-
-
-def ensemble_from_checkpoints(
-    paths: Sequence[str], tta: str | None = None
-) -> tuple[MeanEnsemble, list[str]]:
-    """The ensemble of the checkpoints at ``paths`` (files or ``pretrained:<name>``) and its
-    class names; see ``ensemble_from_loaded``."""
-    return ensemble_from_loaded([read_checkpoint(path) for path in paths], paths, tta)
-
-
-def ensemble_from_loaded(
-    checkpoints: Sequence[dict[str, Any]], paths: Sequence[str], tta: str | None = None
-) -> tuple[MeanEnsemble, list[str]]:
-    """The ensemble of already-read ``checkpoints`` (from ``paths``, named in errors) and its
-    class names. Each member keeps the TTA mode it carries unless ``tta`` sets one for all; the
-    members must classify the same classes, in the same order."""
-    systems = [
-        system_from_checkpoint(checkpoint, path)
-        for checkpoint, path in zip(checkpoints, paths, strict=True)
-    ]
-    modes = [stored_tta(c) if tta is None else check_tta_mode(tta) for c in checkpoints]
-    class_names = shared_class_names(paths, systems)
-    return MeanEnsemble([system.net for system in systems], modes), class_names
 
 
 def shared_class_names(paths: Sequence[str], systems: Sequence[LightningModule]) -> list[str]:

@@ -27,3 +27,8 @@ def check_whole_number(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise FERUserError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return value
+
+
+class ImageError(FERUserError):
+    """An image that cannot be read: a missing, empty or undecodable file, an array of the wrong
+    type or shape, or one over the pixel limit."""

@@ -23,20 +23,19 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import IMAGE_SIZE
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError
-from fer_lightning.files import write_atomically
+from fer_lightning.files import write_output
 from fer_lightning.inference import (
     METADATA_KEY,
     MODEL_SUFFIXES,
     Classifier,
     classifier_from_bytes,
-    classifier_from_checkpoint,
     model_metadata,
 )
+from fer_lightning.loader import load_model
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +141,10 @@ def export(cfg: DictConfig) -> Path:
             f"output={output} must end in {suffix} for format={cfg.format} "
             "(predict recognises the format by the suffix)"
         )
-    checkpoint = read_checkpoint(cfg.ckpt_path)
-    reference = classifier_from_checkpoint(checkpoint, cfg.ckpt_path)
+    model = load_model(cfg.ckpt_path, exported=False, ensemble=False)
+    if output.exists() and output.resolve() == model.file.resolve():
+        raise FERUserError(f"output={output} is the checkpoint being exported; name another file")
+    reference = model.classifier
     metadata = model_metadata(reference)
     generator = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.parity_batch_size, reference.in_channels, IMAGE_SIZE, IMAGE_SIZE)
@@ -162,7 +163,7 @@ def export(cfg: DictConfig) -> Path:
             f"{cfg.format} export of {cfg.ckpt_path} failed the parity check: max |delta logit| "
             f"= {gap:.3g} >= tolerance {cfg.tolerance:g}; nothing was written"
         )
-    write_atomically(output, lambda file: file.write(data))
+    write_output(output, lambda file: file.write(data), "output")
     log.info(
         "Wrote %s (%s, dynamic batch axis); max |delta logit| vs PyTorch = %.2g on batches of "
         "%d and 1",
@@ -174,6 +175,7 @@ def export(cfg: DictConfig) -> Path:
     return output
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint to ONNX or TorchScript, parity-checked."""

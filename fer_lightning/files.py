@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from fer_lightning.errors import FERUserError
+
 # temp files are named for their writer: .tmp-<host>-<pid>-<random><suffix>
 _TEMP_PREFIX = ".tmp-"
 
@@ -50,3 +52,17 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def write_output(path: Path, write: Callable[[BinaryIO], object], setting: str = "") -> None:
+    """``write_atomically`` for a file the user named: a write error (a full disk, a read-only
+    folder, a path under a file) is one line naming ``path`` (as ``setting=path`` when given)
+    rather than a traceback about a temporary file; nothing is left half-written."""
+    try:
+        write_atomically(path, write)
+    except OSError as err:
+        named = f"{setting}={path}" if setting else str(path)
+        # a file where a folder should be: mkdir says "File exists", which names no file
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else err.strerror or str(err)
+        raise FERUserError(f"{named}: cannot write it ({reason})") from err

@@ -1,10 +1,8 @@
-"""One way to load any trained classifier (Lightning checkpoint, shipped ``pretrained:<name>``
-weights, ONNX or TorchScript file) and to classify 48x48 gray faces with exactly the
-preprocessing that training evaluates with.
+"""Classifiers of 48x48 gray faces, with exactly the preprocessing that training evaluates with:
+a checkpoint's net, an ensemble of them, or an exported ONNX or TorchScript model. Each has
+``class_names``, ``in_channels``, ``tta`` and ``predict_proba``; ``fer_lightning.loader`` builds
+them from any model file.
 
-``load_classifier(ckpt_path)`` loads any of these files, or an ensemble of checkpoints (predict
-uses it), and ``classifier_from_checkpoint`` wraps an already-read checkpoint (export, explore);
-both return a ``Classifier`` with ``class_names``, ``in_channels``, ``tta`` and ``predict_proba``.
 ONNX models run on onnxruntime (torch does no inference there); their class names, input
 channels and TTA mode travel in the file's metadata, as they do in a TorchScript file's extra
 files.
@@ -14,13 +12,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -28,21 +22,9 @@ import torch
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
-from fer_lightning import pretrained
-from fer_lightning.checkpoint import (
-    has_compiled_code,
-    read_checkpoint,
-    stored_tta,
-    system_from_checkpoint,
-)
 from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
-from fer_lightning.ensemble import (
-    MeanEnsemble,
-    checkpoint_paths,
-    describe_members,
-    ensemble_from_checkpoints,
-)
+from fer_lightning.ensemble import MeanEnsemble, describe_members
 from fer_lightning.errors import FERUserError, first_line
 from fer_lightning.tta import check_tta_mode, tta_probabilities
 
@@ -111,25 +93,38 @@ class Classifier(ABC):
 
 
 class TorchClassifier(Classifier):
-    """A PyTorch module returning logits (a checkpoint's net or a TorchScript module), on CPU."""
+    """A PyTorch module returning logits (a checkpoint's net or a TorchScript module), run on
+    ``device``."""
 
     def __init__(
-        self, net: nn.Module, class_names: Sequence[str], in_channels: int, tta: str = "none"
+        self,
+        net: nn.Module,
+        class_names: Sequence[str],
+        in_channels: int,
+        tta: str = "none",
+        device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(class_names, in_channels, tta)
-        self.net = net.eval()
+        self.device = torch.device(device)
+        self.net = net.eval().to(self.device)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.net(torch.from_numpy(inputs)).numpy()
+            return self.net(torch.from_numpy(inputs).to(self.device)).float().cpu().numpy()
 
 
 class EnsembleClassifier(TorchClassifier):
     """Several checkpoints' nets as one ``MeanEnsemble``: each member applies its own TTA mode,
     so the classifier's own ``tta`` is ``none``."""
 
-    def __init__(self, ensemble: MeanEnsemble, class_names: Sequence[str], paths: Sequence[str]):
-        super().__init__(ensemble, class_names, ensemble.in_channels)
+    def __init__(
+        self,
+        ensemble: MeanEnsemble,
+        class_names: Sequence[str],
+        paths: Sequence[str],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(ensemble, class_names, ensemble.in_channels, device=device)
         self.paths = list(paths)
 
     def describe(self) -> str:
@@ -137,7 +132,7 @@ class EnsembleClassifier(TorchClassifier):
 
 
 class OnnxClassifier(Classifier):
-    """An exported ONNX model run by onnxruntime on the CPU."""
+    """An exported ONNX model run by onnxruntime (on the device its session was made for)."""
 
     def __init__(
         self,
@@ -155,63 +150,29 @@ class OnnxClassifier(Classifier):
         return self.session.run(None, feed)[0]
 
 
-def load_classifier(
-    ckpt_path: str | os.PathLike | Sequence[str], tta: str | None = None
+def classifier_from_bytes(
+    data: bytes,
+    model_format: str,
+    origin: str,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
 ) -> Classifier:
-    """The classifier behind ``ckpt_path``: a Lightning ``.ckpt``, an exported ``.onnx`` or
-    TorchScript ``.pt`` file, ``pretrained:<name>``, or a list of checkpoints (an ensemble).
-    ``tta=None`` keeps the TTA mode each file carries (the one shipped weights were chosen with;
-    ``none`` for a training checkpoint)."""
-    paths = checkpoint_paths(ckpt_path)
-    if len(paths) > 1:
-        ensemble, class_names = ensemble_from_checkpoints(paths, tta)
-        return EnsembleClassifier(ensemble, class_names, paths)
-    classifier = _load_classifier(paths[0])
-    if tta is not None:
-        classifier.tta = check_tta_mode(tta)
-    return classifier
-
-
-def _load_classifier(ckpt_path: str | os.PathLike) -> Classifier:
-    text = str(ckpt_path)
-    if pretrained.is_shipped(text):  # shipped weights are slimmed Lightning checkpoints
-        return classifier_from_checkpoint(read_checkpoint(text), text)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FERUserError(f"model file {path} does not exist")
-    suffix = path.suffix.lower()
-    # a .pt is TorchScript when exported here, a slimmed checkpoint when shipped as pretrained
-    if suffix == CHECKPOINT_SUFFIX or (suffix == ".pt" and not _is_torchscript(path)):
-        return classifier_from_checkpoint(read_checkpoint(path), path)
-    for model_format, model_suffix in MODEL_SUFFIXES.items():
-        if suffix == model_suffix:
-            return classifier_from_bytes(path.read_bytes(), model_format, str(path))
-    raise FERUserError(
-        f"{path}: unknown model file type {suffix!r}; expected a Lightning {CHECKPOINT_SUFFIX}, "
-        f"an exported {' or '.join(MODEL_SUFFIXES.values())} file, or pretrained:<name>"
-    )
-
-
-def classifier_from_checkpoint(
-    checkpoint: dict[str, Any], path: str | os.PathLike
-) -> TorchClassifier:
-    """The net of a loaded Lightning checkpoint with its class names and TTA mode, in eval mode."""
-    system = system_from_checkpoint(checkpoint, path)
-    return TorchClassifier(
-        system.net, system.hparams.class_names, system.net.in_channels, stored_tta(checkpoint)
-    )
-
-
-def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classifier:
-    """An exported model (``onnx`` or ``torchscript``) from its file contents; ``origin`` names
-    the file in error messages."""
+    """An exported model (``onnx`` or ``torchscript``) from its file contents, run on ``device``
+    (an ONNX session with ``threads`` intra-op threads; None = onnxruntime's default); ``origin``
+    names the file in error messages."""
     if model_format == "onnx":
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = onnx_providers(torch.device(device))
         try:
-            session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(data, sess_options=options, providers=providers)
         except _ONNX_LOAD_ERRORS as err:
             raise FERUserError(f"{origin}: not a readable ONNX model ({first_line(err)})") from err
         metadata = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        return OnnxClassifier(session, *parse_metadata(metadata, origin))
+        class_names, in_channels, tta = parse_metadata(metadata, origin)
+        check_onnx_signature(session, len(class_names), in_channels, origin)
+        return OnnxClassifier(session, class_names, in_channels, tta)
     extra_files = {METADATA_KEY: ""}
     try:
         with warnings.catch_warnings():
@@ -224,7 +185,49 @@ def classifier_from_bytes(data: bytes, model_format: str, origin: str) -> Classi
         ) from err
     metadata = extra_files[METADATA_KEY]
     text = metadata.decode() if isinstance(metadata, bytes) else metadata
-    return TorchClassifier(module, *parse_metadata(text or None, origin))
+    return TorchClassifier(module, *parse_metadata(text or None, origin), device=device)
+
+
+def onnx_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
+    """The onnxruntime execution providers that run a model on ``device``; a device this
+    onnxruntime cannot use is a one-line error rather than a silent fallback to the CPU."""
+    available = onnxruntime.get_available_providers()
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+    raise FERUserError(
+        f"device={device}: this onnxruntime cannot run ONNX models there (it has "
+        f"{', '.join(available)}); use device=cpu, or install the onnxruntime build for it"
+    )
+
+
+def check_onnx_signature(
+    session: onnxruntime.InferenceSession, num_classes: int, in_channels: int, origin: str
+) -> None:
+    """The graph takes one float batch (N, in_channels, 48, 48) and gives (N, num_classes), as
+    its metadata says: a foreign file with metadata like ours, or ours with the metadata edited,
+    fails here in one line rather than inside onnxruntime on the first face."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    expected = [in_channels, IMAGE_SIZE, IMAGE_SIZE]
+    if (
+        len(inputs) != 1
+        or inputs[0].type != "tensor(float)"
+        or len(inputs[0].shape) != 4
+        or list(inputs[0].shape[1:]) != expected
+    ):
+        found = ", ".join(f"{node.type} {node.shape}" for node in inputs) or "no input"
+        raise FERUserError(
+            f"{origin}: its graph takes {found}, but its metadata says float "
+            f"(N, {', '.join(map(str, expected))}); export models with "
+            "python -m fer_lightning.export"
+        )
+    classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(classes, int) and classes != num_classes:
+        raise FERUserError(
+            f"{origin}: its graph gives {classes} class scores, but its metadata names "
+            f"{num_classes} classes; export models with python -m fer_lightning.export"
+        )
 
 
 def model_metadata(classifier: Classifier) -> str:
@@ -253,9 +256,3 @@ def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int, str]:
             "channels); export models with python -m fer_lightning.export"
         ) from err
     return class_names, in_channels, tta
-
-
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive, and for a file that is no zip at all (no torch file: the
-    TorchScript loader explains)."""
-    return not zipfile.is_zipfile(path) or has_compiled_code(path)

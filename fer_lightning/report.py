@@ -1,4 +1,5 @@
-"""Per-class classification report, confusion-matrix plot and report files from a confusion matrix.
+"""Per-class classification report and report files (with the confusion-matrix figure) from a
+confusion matrix.
 
 torchmetrics has no classification report; computing it from the (DDP-synced) confusion matrix
 keeps every number consistent with the matrix that is shown and saved.
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from fer_lightning.figures import plot_confusion_matrix, png_bytes
 from fer_lightning.files import write_atomically
 
 SCORES = ("precision", "recall", "f1")
@@ -109,40 +110,6 @@ def format_report(report: dict[str, Any], class_names: Sequence[str], digits: in
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
-    """Row-normalised confusion matrix; each cell shows the rate and the count, e.g. "0.62\\n(123)".
-
-    Uses a standalone ``Figure`` (no pyplot state), so nothing leaks between multirun jobs.
-    """
-    matrix = _check_confusion(confusion, class_names)
-    rates = _safe_divide(matrix, matrix.sum(axis=1, keepdims=True))
-    num_classes = len(class_names)
-    size = 1.0 + 0.9 * num_classes
-    figure = Figure(figsize=(size + 1.5, size), layout="constrained")
-    axes = figure.add_subplot()
-    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, label="fraction of true class")
-    for true_index in range(num_classes):
-        for pred_index in range(num_classes):
-            rate = rates[true_index, pred_index]
-            axes.text(
-                pred_index,
-                true_index,
-                f"{rate:.2f}\n({matrix[true_index, pred_index]})",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if rate > 0.5 else "black",
-            )
-    ticks = np.arange(num_classes)
-    axes.set_xticks(ticks, labels=class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=class_names)
-    axes.set_xlabel("Predicted")
-    axes.set_ylabel("True")
-    axes.set_title(f"Confusion matrix (row-normalised, n={int(matrix.sum())})")
-    return figure
-
-
 def _confusion_csv(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     """Counts with class names as header row and first column (rows = true, columns = predicted)."""
     buffer = io.StringIO()
@@ -191,13 +158,11 @@ def write_report(
     report = classification_report(matrix, class_names)
     metrics = {**report, **(extra or {})}
 
-    png = io.BytesIO()
-    plot_confusion_matrix(matrix, class_names).savefig(png, format="png", dpi=100)
     contents = {
         "metrics.json": json.dumps(metrics, indent=2, default=_json_default) + "\n",
         "classification_report.txt": format_report(report, class_names),
         "confusion_matrix.csv": _confusion_csv(matrix, class_names),
-        "confusion_matrix.png": png.getvalue(),
+        "confusion_matrix.png": png_bytes(plot_confusion_matrix(matrix, class_names)),
     }
     for name, content in contents.items():
         data = content.encode() if isinstance(content, str) else content

@@ -24,7 +24,6 @@ from fer_lightning.builders import (
     check_setting_types,
     instantiate_group,
 )
-from fer_lightning.callbacks import log_hparams_with_metrics
 from fer_lightning.checkpoint import (
     TRAINING_STATE_KEYS,
     VAL_METRICS_KEY,
@@ -37,6 +36,7 @@ from fer_lightning.checkpoint import (
 from fer_lightning.cli import in_multirun
 from fer_lightning.data import SyntheticFER2013DataModule
 from fer_lightning.errors import FERUserError, check_whole_number
+from fer_lightning.loggers import log_hparams_with_metrics
 from fer_lightning.preemption import RunPreempted, last_checkpoint_path
 from fer_lightning.report import publish_report
 

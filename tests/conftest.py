@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data.ferplus import VOTE_COLUMNS
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.training import train
 
+# the clone the tests run in (its scripts, README, tools)
+ROOT = Path(__file__).resolve().parents[1]
 # small enough for seconds-long runs, large enough that every class appears in every split
 TINY_SPLIT_SIZES = {"num_train": 280, "num_val": 70, "num_test": 70}
 
@@ -186,3 +190,19 @@ def write_ferplus_votes(tiny_csv: Path, path: Path, rows: list[list[int]] | None
     table.insert(0, "Usage", usage)
     table.to_csv(path, index=False)
     return path
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` gray pixels (a decompression-bomb
+    shape: the file is small, its pixels would not be)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * (width + 1) * 4)  # a few rows; decoding would need them all
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )

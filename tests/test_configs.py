@@ -1,4 +1,5 @@
-"""Every config group composes and instantiates; the `trainer.gpus` alias behaves."""
+"""Every config group composes and instantiates; the `trainer.gpus` alias behaves; a mistaken
+setting is answered with the right key."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from pytorch_lightning import Trainer
 
 from fer_lightning.builders import build_trainer, instantiate_group, resolve_gpus_alias
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import CONF_DIR, ROOT
+from fer_lightning.cli import setting_mistake
+from fer_lightning.config import CONF_DIR
 from fer_lightning.data.class_weights import class_weights
 from fer_lightning.data.transforms import AUGMENT_KNOBS, BatchAugment
 from fer_lightning.errors import FERUserError
@@ -47,7 +50,7 @@ def test_every_model_config_instantiates_and_wires_channels(train_cfg, model):
     assert cfg.data.in_channels == system.net.in_channels
 
 
-def test_model_group_has_the_seed_nets():
+def test_model_group_has_the_reference_nets():
     assert {"baseline", "deep"} <= set(_options("model"))
 
 
@@ -60,9 +63,11 @@ def test_every_experiment_composes_and_instantiates(train_cfg, experiment, tiny_
     _instantiate_run(cfg)
 
 
-def test_seed000_experiment_is_seed_000s_recipe(tmp_path, tiny_csv):
+def test_baseline_reference_experiment_is_the_reference_recipe(tmp_path, tiny_csv):
     cfg = compose_config(
-        "train", tmp_path, ["experiment=seed000", f"data.csv_path={tiny_csv}", "data.num_workers=0"]
+        "train",
+        tmp_path,
+        ["experiment=baseline_reference", f"data.csv_path={tiny_csv}", "data.num_workers=0"],
     )
     assert cfg.model.net._target_.endswith("BaselineCNN")
     assert (cfg.trainer.max_epochs, cfg.data.batch_size) == (12, 64)
@@ -73,8 +78,8 @@ def test_seed000_experiment_is_seed_000s_recipe(tmp_path, tiny_csv):
     assert torch.allclose(system.loss_weights, torch.tensor(expected, dtype=torch.float32))
 
 
-def test_seed004_experiment_uses_three_channels(train_cfg, tiny_csv):
-    cfg = train_cfg("experiment=seed004", f"data.csv_path={tiny_csv}")
+def test_deep_reference_experiment_uses_three_channels(train_cfg, tiny_csv):
+    cfg = train_cfg("experiment=deep_reference", f"data.csv_path={tiny_csv}")
     assert cfg.model.net._target_.endswith("DeepConcatNet")
     assert cfg.data.in_channels == 3
 
@@ -267,15 +272,51 @@ def test_cudnn_benchmark_is_set_on_every_trainer_so_it_cannot_leak(train_cfg):
     assert torch.backends.cudnn.benchmark is False
 
 
-def test_paths_are_this_repository_even_with_another_project_root_exported(tmp_path):
-    # lightning-hydra-template users often export PROJECT_ROOT for another project
+def test_data_cache_and_logs_are_below_the_working_folder(tmp_path):
+    """Not below the package (an installed one lives in site-packages), whatever PROJECT_ROOT says
+    (lightning-hydra-template users often export it for another project); paths.root_dir moves
+    them all (logs/ is below it too), FER_LIGHTNING_CACHE the cache alone."""
     script = (
         "from fer_lightning.config import compose_config as compose\n"
-        f"print(compose('train', {str(tmp_path)!r}).paths.data_dir)\n"
-        f"print(compose('train', {str(tmp_path)!r}, ['paths.root_dir=/else']).paths.data_dir)"
+        "from pathlib import Path\n"
+        "for overrides in ([], ['paths.root_dir=/else']):\n"
+        "    paths = compose('train', 'run', overrides).paths\n"
+        "    folders = (paths.root_dir, paths.data_dir, paths.cache_dir)\n"
+        "    print(*(Path(folder).resolve() for folder in folders))"
     )
-    env = {**os.environ, "PROJECT_ROOT": str(tmp_path / "another_project")}
+    env = {k: v for k, v in os.environ.items() if k != "FER_LIGHTNING_CACHE"}
+    env["PROJECT_ROOT"] = str(tmp_path / "another_project")
     printed = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert printed == [str(ROOT / "data"), "/else/data"]
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert printed.returncode == 0, printed.stderr
+    cwd = tmp_path.resolve()
+    here = [str(cwd), str(cwd / "data"), str(cwd / "data" / "cache")]
+    assert printed.stdout.split() == [*here, "/else", "/else/data", "/else/data/cache"]
+    env["FER_LIGHTNING_CACHE"] = str(tmp_path / "shared_cache")
+    printed = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert printed.stdout.split()[2::3] == [str(cwd / "shared_cache")] * 2
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "answer"),
+    [
+        ("explore", "csv_path=x.csv", "explore has no setting csv_path; did you mean data.csv"),
+        ("evaluate", "csv_path=x.csv", "has no setting csv_path; did you mean data.csv_path=...?"),
+        ("distill", "cache_dir=x", "did you mean data.cache_dir=... or paths.cache_dir=...?"),
+        ("train", "max_epochs=3", "has no setting max_epochs; did you mean trainer.max_epochs="),
+        ("explore", "ckpt=x.ckpt", "explore has no setting ckpt; did you mean ckpt_path=...?"),
+        ("explore", "data.csvpath=x", "did you mean data.csv_path=...?"),
+        ("export", "data.csv_path=x", "data.csv_path; the settings are task_name, ckpt_path,"),
+        ("train", "model.net.widht=3", "of model.net are _target_, in_channels, num_classes"),
+        ("train", "experiment=seed000", "experiment=seed000: there is no such experiment ("),
+    ],
+)
+def test_a_mistaken_setting_is_answered_with_the_right_key(tmp_path, task, override, answer):
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose_config(task, tmp_path, [override])
+    message = setting_mistake(caught.value)
+    assert answer in message
+    assert "\n" not in message and "+" not in message  # one line, no advice to add the key

@@ -266,7 +266,6 @@ def test_missing_file_explains_where_to_get_fer2013(tmp_path: Path) -> None:
         "does not exist",
         "Kaggle",
         "data.csv_path=",
-        "explore: csv_path=",
         "FER2013_CSV",
         "data=synthetic",
     ):

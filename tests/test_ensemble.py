@@ -18,19 +18,19 @@ from fer_lightning.checkpoint import (
     read_checkpoint,
     system_from_checkpoint,
 )
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data import FER2013DataModule, load_fer2013_csv
 from fer_lightning.ensemble import MeanEnsemble, checkpoint_paths
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.export import export
-from fer_lightning.inference import load_classifier
+from fer_lightning.loader import load_model
 from fer_lightning.report import classification_report
 from fer_lightning.training import train
 from fer_lightning.tta import tta_probabilities
-from tests.conftest import confusion, run_module
+from tests.conftest import ROOT, confusion, run_module
 
-# a 3-channel member (seed 004's net, gray replicated) whose shipped TTA is tencrop
+# a 3-channel member (the deep reference net, gray replicated) whose shipped TTA is tencrop
 THREE_CHANNEL_MEMBER = "pretrained:deep"
 
 
@@ -96,13 +96,14 @@ def test_evaluate_an_ensemble_scores_the_mean_of_its_members(trained_checkpoint,
 def test_predict_with_an_ensemble_averages_the_members(trained_checkpoint, tiny_csv):
     faces = load_fer2013_csv(tiny_csv)["test"].images[:16]
     members = [str(trained_checkpoint), THREE_CHANNEL_MEMBER]
-    ensemble = load_classifier(members)
-    expected = np.mean([load_classifier(member).predict_proba(faces) for member in members], 0)
+    ensemble = load_model(members).classifier
+    each = [load_model(member).classifier.predict_proba(faces) for member in members]
+    expected = np.mean(each, 0)
     np.testing.assert_allclose(ensemble.predict_proba(faces), expected, atol=1e-6)
     assert ensemble.describe() == (
         f"the mean of {trained_checkpoint} (tta=none) + {THREE_CHANNEL_MEMBER} (tta=tencrop)"
     )
-    assert load_classifier(members, tta="flip").net.tta_modes == ["flip", "flip"]
+    assert load_model(members, tta="flip").classifier.net.tta_modes == ["flip", "flip"]
 
 
 def test_members_must_share_their_classes(trained_checkpoint, tmp_path):
@@ -111,7 +112,7 @@ def test_members_must_share_their_classes(trained_checkpoint, tmp_path):
     other = tmp_path / "renamed.ckpt"
     torch.save(renamed, other)
     with pytest.raises(FERUserError, match=r"renamed\.ckpt: its classes \['Anger', .* differ"):
-        load_classifier([str(trained_checkpoint), str(other)])
+        load_model([str(trained_checkpoint), str(other)])
 
 
 def test_an_empty_list_is_a_user_error():

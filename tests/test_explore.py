@@ -14,12 +14,12 @@ from omegaconf import ListConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fer_lightning import explore as explore_module
-from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import SplitArrays, load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.explore import explore, image_indices, read_epoch_metrics
-from tests.conftest import run_module
+from fer_lightning.figures import SPLIT_TITLES
+from tests.conftest import TINY_SPLIT_SIZES, run_module
 
 DATA_FIGURES = ("examples_per_emotion", "one_per_emotion", "class_distribution", "mean_faces")
 MODEL_FIGURES = ("training_curves", "prediction_panels", "confident_mistakes")
@@ -44,8 +44,8 @@ def assert_png(path, min_height: int = 100, min_width: int = 200) -> None:
 def test_cli_writes_the_data_figures_of_a_csv(tiny_csv, tmp_path):
     result = run_module(
         "fer_lightning.explore",
-        f"csv_path={tiny_csv}",
-        "cache_dir=null",
+        f"data.csv_path={tiny_csv}",
+        "data.cache_dir=null",
         "num_examples=3",
         f"hydra.run.dir={tmp_path}",
     )
@@ -58,13 +58,30 @@ def test_cli_writes_the_data_figures_of_a_csv(tiny_csv, tmp_path):
     assert height > width
 
 
-def test_checkpoint_adds_model_figures_and_logs_all_to_tensorboard(run_checkpoint, tmp_path):
+def test_csv_path_on_the_command_line_is_answered_with_data_csv_path(tmp_path):
+    """explore takes the data settings of train.py and evaluate.py; the old key gets a hint."""
+    result = run_module("fer_lightning.explore", "csv_path=x.csv", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: explore has no setting csv_path; did you mean data.csv_path=...?"
+    )
+
+
+def test_checkpoint_adds_model_figures_and_logs_all_to_tensorboard(
+    run_checkpoint, tmp_path, caplog, monkeypatch
+):
+    monkeypatch.delenv("FORCE_COLOR", raising=False)  # progress as log lines, as in a pipe
     cfg = compose_config(
         "explore",
         tmp_path,
         [f"ckpt_path={run_checkpoint}", "image_indices=[0,5]", "num_mistakes=4"],
     )
-    written = explore(cfg)
+    with caplog.at_level(logging.INFO, logger="fer_lightning.progress"):
+        written = explore(cfg)
+    progress = [record.getMessage() for record in caplog.records]
+    size = TINY_SPLIT_SIZES["num_val"]
+    assert progress[0] == f"Predicting {size} images of PublicTest (val): 0/1 batches"
+    assert progress[-1].startswith(f"Predicting {size} images of PublicTest (val): 1/1 batches")
     assert set(written) == {*DATA_FIGURES, *MODEL_FIGURES}
     for name in (*DATA_FIGURES, *MODEL_FIGURES):
         assert written[name] == tmp_path / f"{name}.png"
@@ -110,28 +127,6 @@ def test_epoch_metrics_take_each_epochs_logged_values(tmp_path):
     np.testing.assert_allclose(epochs["val/acc"], [0.30, 0.40])
 
 
-def test_confident_mistakes_are_the_surest_wrong_predictions_surest_first():
-    """plot_confident_mistakes shows only wrong predictions, the most confident ones, in
-    descending confidence, each with its own image and labels."""
-    images = np.zeros((6, 48, 48), np.uint8)
-    images.reshape(6, -1)[np.arange(6), np.arange(6)] = 255  # image i: one bright pixel at i
-    labels = np.arange(6, dtype=np.int64)
-    # (predicted class, its probability) per image; images 0 and 3 are right
-    predictions = [(0, 0.99), (3, 0.60), (0, 0.90), (3, 0.50), (1, 0.75), (6, 0.40)]
-    probabilities = np.empty((6, 7))
-    for row, (predicted, confidence) in enumerate(predictions):
-        probabilities[row] = (1 - confidence) / 6
-        probabilities[row, predicted] = confidence
-    figure = explore_module.plot_confident_mistakes(
-        SplitArrays(images, labels), probabilities, list(EMOTIONS), 3, "val"
-    )
-    shown = [int(axes.images[0].get_array().argmax()) for axes in figure.axes if axes.images]
-    assert shown == [2, 4, 1]
-    titles = [axes.get_title() for axes in figure.axes if axes.images]
-    assert titles == ["Angry (0.90)\n/ Fear", "Disgust (0.75)\n/ Sad", "Happy (0.60)\n/ Disgust"]
-    assert "4 of 6 wrong" in figure.get_suptitle()
-
-
 def test_one_image_index_is_a_list_of_one():
     arrays = SplitArrays(np.zeros((3, 48, 48), np.uint8), np.zeros(3, np.int64))
     assert image_indices(2, arrays, "test") == [2]  # `image_indices=2` on the command line
@@ -150,10 +145,10 @@ def test_mistakes_of_the_options_are_user_errors(run_checkpoint, tmp_path):
         )
         with pytest.raises(FERUserError, match=r"give 1 or more whole numbers in 0\.\.69"):
             explore(bad)
-    with pytest.raises(FERUserError, match="explore needs csv_path="):
+    with pytest.raises(FERUserError, match=r"explore needs data\.csv_path="):
         explore(compose_config("explore", tmp_path, []))
     with pytest.raises(FERUserError, match="split='dev' must be one of"):
-        explore(compose_config("explore", tmp_path, ["split=dev", "csv_path=x.csv"]))
+        explore(compose_config("explore", tmp_path, ["split=dev", "data.csv_path=x.csv"]))
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -175,7 +170,7 @@ def test_model_figures_show_publictest_unless_privatetest_is_asked_for(
     )
     explore(cfg)
     np.testing.assert_array_equal(shown["labels"], load_fer2013_csv(tiny_csv)[split].labels)
-    assert explore_module.SPLIT_TITLES[split] in shown["title"]
+    assert SPLIT_TITLES[split] in shown["title"]
 
 
 def test_shipped_weights_get_model_figures_without_training_curves(tiny_csv, tmp_path, caplog):
@@ -184,7 +179,7 @@ def test_shipped_weights_get_model_figures_without_training_curves(tiny_csv, tmp
     cfg = compose_config(
         "explore",
         tmp_path,
-        ["ckpt_path=pretrained:baseline", f"csv_path={tiny_csv}", "cache_dir=null"],
+        ["ckpt_path=pretrained:baseline", f"data.csv_path={tiny_csv}"],
     )
     with caplog.at_level(logging.INFO, logger="fer_lightning.explore"):
         written = explore(cfg)

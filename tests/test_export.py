@@ -12,7 +12,6 @@ import onnx
 import pytest
 import torch
 
-from fer_lightning import pretrained
 from fer_lightning.checkpoint import read_checkpoint
 from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
@@ -28,12 +27,13 @@ from fer_lightning.export import (
     torchscript_bytes,
 )
 from fer_lightning.inference import (
+    METADATA_KEY,
     OnnxClassifier,
     TorchClassifier,
     classifier_from_bytes,
-    load_classifier,
     model_metadata,
 )
+from fer_lightning.loader import load_model
 from fer_lightning.models import BaselineCNN, DeepConcatNet
 from fer_lightning.predict import predict
 from fer_lightning.pretrained.__main__ import ship
@@ -68,8 +68,8 @@ def test_exported_model_matches_pytorch_for_any_batch_size(
 ):
     path = exported[model_format]
     assert path.name == name
-    model = load_classifier(path)
-    reference = load_classifier(trained_checkpoint)
+    model = load_model(path).classifier
+    reference = load_model(trained_checkpoint).classifier
     assert (model.class_names, model.in_channels) == (list(EMOTIONS), 1)
     for batch in (5, 1, 13):  # exported with 8: the batch axis must be dynamic
         inputs = random_inputs(batch)
@@ -92,22 +92,22 @@ def test_onnx_file_declares_a_symbolic_batch_axis_and_a_recent_opset(exported):
 def test_files_exported_from_shipped_weights_keep_their_tta(
     trained_checkpoint, tiny_csv, tmp_path, monkeypatch, model_format
 ):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr("fer_lightning.pretrained.__main__.WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("fer_lightning.checkpoint.PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr("fer_lightning.pretrained.__main__.PRETRAINED_DIR", tmp_path)
     ship(str(trained_checkpoint), "tiny", "flip", half=False)
     cfg = compose_config(
         "export", tmp_path / "run", ["ckpt_path=pretrained:tiny", f"format={model_format}"]
     )
     path = export(cfg)
-    model = load_classifier(path)
+    model = load_model(path).classifier
     assert model.tta == "flip"
     faces = load_fer2013_csv(tiny_csv)["test"].images[:16]
     np.testing.assert_allclose(
         model.predict_proba(faces),
-        load_classifier("pretrained:tiny").predict_proba(faces),
+        load_model("pretrained:tiny").classifier.predict_proba(faces),
         atol=1e-5,
     )
-    without_tta = load_classifier(path, tta="none")
+    without_tta = load_model(path, tta="none").classifier
     assert without_tta.tta == "none"
     assert not np.allclose(model.predict_proba(faces), without_tta.predict_proba(faces), atol=1e-5)
 
@@ -119,7 +119,7 @@ def test_predict_from_onnx_gives_the_checkpoint_predictions(
     folder.mkdir()
     for index, image in enumerate(load_fer2013_csv(tiny_csv)["test"].images[:20]):
         cv2.imwrite(str(folder / f"{index:02d}.png"), image)
-    assert isinstance(load_classifier(exported["onnx"]), OnnxClassifier)
+    assert isinstance(load_model(exported["onnx"]).classifier, OnnxClassifier)
 
     def predictions(model) -> list[dict]:
         cfg = compose_config(
@@ -222,16 +222,16 @@ def test_foreign_or_broken_model_files_are_one_line_errors(exported, tmp_path):
     foreign = tmp_path / "foreign.onnx"
     onnx.save(stripped, foreign)
     with pytest.raises(FERUserError, match="has no fer-lightning metadata"):
-        load_classifier(foreign)
+        load_model(foreign)
     for suffix, kind in ((".onnx", "ONNX"), (".pt", "TorchScript")):
         broken = tmp_path / f"broken{suffix}"
         broken.write_bytes(b"\x00 not a model")
         with pytest.raises(FERUserError, match=f"not a readable {kind} model"):
-            load_classifier(broken)
+            load_model(broken)
     keras = tmp_path / "model.h5"
     keras.write_bytes(b"")
     with pytest.raises(FERUserError, match=r"unknown model file type '\.h5'"):
-        load_classifier(keras)
+        load_model(keras)
 
 
 @pytest.mark.parametrize("model_format", ["onnx", "torchscript"])
@@ -253,3 +253,66 @@ def test_a_checkpoint_named_code_is_no_torchscript_archive(trained_checkpoint, t
     code/ folder inside the archive marks TorchScript."""
     torch.save(torch.load(trained_checkpoint, weights_only=True), tmp_path / "code.ckpt")
     assert read_checkpoint(tmp_path / "code.ckpt").keys() >= {"state_dict", "fer_run_config"}
+
+
+def test_an_onnx_graph_unlike_its_metadata_is_one_line_at_load_time(exported, tmp_path):
+    """Ours with in_channels edited, and a foreign graph whose metadata looks like ours, are
+    refused when loaded, through predict's command line too, not inside onnxruntime."""
+    edited = onnx.load(exported["onnx"])
+    [entry] = [entry for entry in edited.metadata_props if entry.key == METADATA_KEY]
+    metadata = json.loads(entry.value)
+    entry.value = json.dumps({**metadata, "in_channels": 3})
+    edited_path = tmp_path / "edited.onnx"
+    onnx.save(edited, edited_path)
+    with pytest.raises(FERUserError, match=r"edited\.onnx: its graph takes tensor\(float\) "):
+        load_model(edited_path)
+
+    inputs = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 32, 32])
+    outputs = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, 32, 32])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "foreign", [inputs], [outputs]
+    )
+    foreign = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    foreign.ir_version = edited.ir_version
+    foreign.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    foreign_path = tmp_path / "foreign.onnx"
+    onnx.save(foreign, foreign_path)
+    photo = tmp_path / "face.png"
+    cv2.imwrite(str(photo), np.full((48, 48), 90, np.uint8))
+    result = run_module(
+        "fer_lightning.predict",
+        str(photo),
+        f"ckpt_path={foreign_path}",
+        "detect=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {foreign_path}: its graph takes tensor(float) ['N', 1, 32, 32], but its "
+        "metadata says float (N, 1, 48, 48); export models with python -m fer_lightning.export"
+    ]
+
+
+def test_an_export_output_that_cannot_be_written_is_one_line(trained_checkpoint, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    output = blocker / "model.onnx"
+    result = run_module(
+        "fer_lightning.export",
+        f"ckpt_path={trained_checkpoint}",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: output={output}: cannot write it ({blocker} is a file, not a folder)"
+    ]
+    # nor may it replace the checkpoint it exports
+    copy = tmp_path / "weights.pt"
+    copy.write_bytes(trained_checkpoint.read_bytes())
+    cfg = compose_config(
+        "export", tmp_path, [f"ckpt_path={copy}", "format=torchscript", f"output={copy}"]
+    )
+    with pytest.raises(FERUserError, match=r"weights\.pt is the checkpoint being exported"):
+        export(cfg)
+    assert copy.read_bytes() == trained_checkpoint.read_bytes()

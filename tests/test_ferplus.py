@@ -114,7 +114,7 @@ def test_ferplus_config_trains_eight_classes(tiny_csv, tmp_path, choice):
 
 
 FERPLUS_EXPERIMENTS = sorted(path.stem for path in (CONF_DIR / "experiment").glob("*_ferplus.yaml"))
-# what a FER+ recipe sets apart from its FER2013 one (README gives the runs that chose them)
+# what a FER+ recipe sets apart from its FER2013 one (docs/results.md: the runs that chose them)
 FERPLUS_CHANGES = {
     "vgg_ferplus": {"trainer.max_epochs": 40, "model.net.widths": [48, 96, 192, 384]},
 }
@@ -146,8 +146,8 @@ def test_ferplus_experiment_is_its_fer2013_recipe_on_ferplus_labels(tiny_csv, tm
     assert ferplus.data.augment == fer2013.data.augment
 
 
-# README's 88.3 % FER+ row, pinned: vgg_ferplus inherits most of these from vgg_fer2013, so a
-# change there must not silently change the run that row describes
+# docs/results.md's 88.3 % FER+ row, pinned: vgg_ferplus inherits most of these from vgg_fer2013,
+# so a change there must not silently change the run that row describes
 VGG_FERPLUS_RECIPE = {
     "data.augment.random_erasing": 0.5,
     "model.optimizer.weight_decay": 0.05,

@@ -21,12 +21,12 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from fer_lightning.builders import build_trainer
+from fer_lightning.checkpoint_io import AtomicCheckpointIO
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.data import fer2013_csv, load_fer2013_csv
 from fer_lightning.data.synthetic import write_synthetic_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
-from fer_lightning.resilience import AtomicCheckpointIO
 from fer_lightning.training import metric_value, train
 from tests.conftest import (
     HEADER,

@@ -1,4 +1,5 @@
-"""The networks reproduce their seeds' layer tables and train (forward + backward) on CPU."""
+"""The networks reproduce the reference implementations' layer tables and train (forward +
+backward) on CPU."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from fer_lightning.models import VGGFER, BaselineCNN, DeepConcatNet, ResNet18FER
 
-# Seed 004's layer table: Keras layer name -> (output shape without batch, NHWC; Keras param #).
+# The deep reference's layer table: Keras layer name -> (output shape without batch, NHWC;
+# Keras param #).
 # Keras names in snake case name the submodule; ``conv2d_8`` is the row the table dropped.
 DEEP_TABLE: dict[str, tuple[tuple[int, ...], int]] = {
     "input_layer": ((48, 48, 3), 0),

@@ -4,11 +4,14 @@ one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -17,7 +20,6 @@ import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from fer_lightning import pretrained
 from fer_lightning.checkpoint import (
     datamodule_from_checkpoint,
     read_checkpoint,
@@ -27,23 +29,15 @@ from fer_lightning.classes import EMOTIONS
 from fer_lightning.config import compose_config
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
-from fer_lightning.inference import TorchClassifier, load_classifier
-from fer_lightning.predict import (
-    AnnotatedWriter,
-    FacePredictor,
-    Frame,
-    HaarFaceDetector,
-    LiveWindow,
-    Tally,
-    crop_face,
-    open_capture,
-    parse_source,
-    predict,
-    source_argv,
-    source_files,
-    write_predictions,
-)
-from tests.conftest import run_module
+from fer_lightning.faces import HaarFaceDetector, crop_face
+from fer_lightning.inference import TorchClassifier
+from fer_lightning.loader import load_model
+from fer_lightning.predict import predict
+from fer_lightning.predict.sinks import AnnotatedWriter, LiveWindow, prediction_line
+from fer_lightning.predict.sources import Frame, open_capture, parse_source, source_files
+from fer_lightning.predict.task import FacePredictor, Tally, source_argv, write_predictions
+from fer_lightning.recognizer import EmotionRecognizer
+from tests.conftest import png_header_claiming, run_module
 
 FACE_SIDE = 160  # synthetic 48x48 faces are upscaled to this in generated scenes
 FACE_TOP = 40
@@ -84,6 +78,9 @@ def overlap(box: list[int], other: tuple[int, int, int, int]) -> float:
 
 
 def predict_cfg(run_dir: Path, source: Path | str, trained_checkpoint: Path, *overrides: str):
+    """The predict config; the scenes here are of synthetic faces picked as ones the Haar cascade
+    finds, so it detects with that (the default detector's photos are in test_blazeface.py)."""
+    overrides = ("detector=haar", *overrides)
     return compose_config(
         "predict", run_dir, [f"source={source}", f"ckpt_path={trained_checkpoint}", *overrides]
     )
@@ -126,19 +123,19 @@ def test_injected_detector_boxes_are_cropped_and_classified(trained_checkpoint, 
         image[y : y + height, x : x + width] = face
     seen_shapes = []
 
-    def two_faces(gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        seen_shapes.append(gray.shape)
+    def two_faces(image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        seen_shapes.append(image.shape)
         return boxes
 
-    classifier = load_classifier(trained_checkpoint)
-    predictor = FacePredictor(classifier, two_faces, margin=0.0)
+    recognizer = EmotionRecognizer(trained_checkpoint, detector=two_faces, margin=0.0)
+    predictor = FacePredictor(recognizer)
     frame = Frame("scene.png", 0, cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
     [(returned_frame, predictions)] = list(predictor.predict_frames([frame]))
 
-    assert returned_frame is frame and seen_shapes == [(100, 200)]
-    lines = [json.loads(prediction.to_json()) for prediction in predictions]
+    assert returned_frame is frame and seen_shapes == [(100, 200, 3)]  # detectors see colour
+    lines = [json.loads(prediction_line(frame, face)) for face in predictions]
     assert [line["box"] for line in lines] == [list(box) for box in boxes]
-    expected = classifier.predict_proba(faces)  # margin 0: the crops are the faces exactly
+    expected = recognizer.classify(faces)  # margin 0: the crops are the faces exactly
     for line, row in zip(lines, expected, strict=True):
         assert_valid_prediction(line)
         np.testing.assert_allclose(list(line["probabilities"].values()), row, atol=1e-6)
@@ -148,13 +145,13 @@ def test_out_of_range_predict_options_are_user_errors(tmp_path):
     """batch_size < 1 or fractional, a negative margin, max_frames < 0 and detector settings
     OpenCV would reject on the first frame are refused with the value named; max_frames before
     the checkpoint is even read."""
-    classifier = TorchClassifier(torch.nn.Flatten(), EMOTIONS, in_channels=1)
+    recognizer = EmotionRecognizer("pretrained:baseline")
     for batch_size in (0, 2.5):
         expected = f"batch_size must be a whole number >= 1, got {batch_size}"
         with pytest.raises(FERUserError, match=expected):
-            FacePredictor(classifier, detector=None, batch_size=batch_size)
+            FacePredictor(recognizer, detect=False, batch_size=batch_size)
     with pytest.raises(FERUserError, match=r"margin must be >= 0, got -0\.1"):
-        FacePredictor(classifier, detector=None, margin=-0.1)
+        EmotionRecognizer("pretrained:baseline", margin=-0.1)
     cfg = predict_cfg(tmp_path / "run", tmp_path, tmp_path / "absent.ckpt", "max_frames=-1")
     expected = r"max_frames \(or null\) must be a whole number >= 0, got -1"
     with pytest.raises(FERUserError, match=expected):
@@ -294,7 +291,7 @@ def test_folder_of_crops_with_detect_false_equals_the_evaluate_path(
 
 
 def test_ctrl_c_ends_a_live_stream_normally_but_not_a_file(trained_checkpoint):
-    predictor = FacePredictor(load_classifier(trained_checkpoint), detector=None)
+    predictor = FacePredictor(EmotionRecognizer(trained_checkpoint), detect=False)
     camera_frame = Frame("webcam:0", 0, np.full((48, 48, 3), 90, np.uint8), fps=30.0)
 
     def frames_until_ctrl_c():
@@ -346,15 +343,15 @@ def test_show_without_gui_support_says_what_to_install():
 
 
 def test_shipped_weights_load_by_name(trained_checkpoint, tiny_csv, tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr("fer_lightning.checkpoint.PRETRAINED_DIR", tmp_path)
     with pytest.raises(FERUserError, match="no pretrained weights named 'tiny' are shipped"):
-        load_classifier("pretrained:tiny")
+        load_model("pretrained:tiny")
     shutil.copy(trained_checkpoint, tmp_path / "tiny.pt")
     faces = load_fer2013_csv(tiny_csv)["test"].images[:8]
-    expected = load_classifier(trained_checkpoint).predict_proba(faces)
+    expected = load_model(trained_checkpoint).classifier.predict_proba(faces)
     # by name, and by path: a .pt that is no TorchScript archive is loaded as a checkpoint
     for shipped in ("pretrained:tiny", tmp_path / "tiny.pt"):
-        np.testing.assert_array_equal(load_classifier(shipped).predict_proba(faces), expected)
+        np.testing.assert_array_equal(load_model(shipped).classifier.predict_proba(faces), expected)
 
 
 def test_a_bad_cascade_is_a_user_error(tmp_path):
@@ -385,3 +382,164 @@ def test_output_that_is_a_folder_is_one_line_before_anything_runs(tmp_path, trai
     with pytest.raises(FERUserError, match=r"output=.*out is a folder; give the predictions file"):
         predict(cfg)
     assert list(folder.iterdir()) == []
+
+
+# ----------------------------------------------------- outputs, images and progress (hardening)
+
+SHIPPED = "pretrained:baseline"  # loads fast and needs no training run
+
+
+def one_line_error(result) -> str:
+    """The single stderr line of a command that failed as a user mistake (exit 2)."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_output_that_is_a_source_is_refused_and_the_input_kept(tmp_path):
+    victim = tmp_path / "victim.png"
+    cv2.imwrite(str(victim), np.full((60, 60, 3), 90, np.uint8))
+    before = victim.read_bytes()
+    result = run_module(
+        "fer_lightning.predict",
+        str(victim),
+        f"ckpt_path={SHIPPED}",
+        f"output={victim}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert "is one of the sources; predictions never replace an input" in one_line_error(result)
+    assert victim.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run", "victim.png"]
+
+
+def test_outputs_read_back_as_inputs_or_named_for_another_format_are_refused(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((60, 60, 3), 90, np.uint8))
+    for output, message in [
+        (folder / "out.png", r"lies in the source folder .* with a suffix its scan reads"),
+        (tmp_path / "out.json", r"predictions are written as JSON lines; name a \.jsonl file"),
+    ]:
+        cfg = predict_cfg(tmp_path / "run", folder, SHIPPED, f"output={output}")
+        with pytest.raises(FERUserError, match=message):
+            predict(cfg)
+    # annotated files written into the scanned folder would join the inputs
+    cfg = predict_cfg(folder / "run", folder, SHIPPED, "annotate=true")
+    with pytest.raises(FERUserError, match=r"annotate=true writes into .*overlaps the source"):
+        predict(cfg)
+    assert sorted(path.name for path in folder.iterdir()) == ["a.png"]
+
+
+def test_an_output_under_a_file_is_one_line_naming_it(tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((60, 60, 3), 90, np.uint8))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    output = blocker / "predictions.jsonl"
+    result = run_module(
+        "fer_lightning.predict",
+        str(photo),
+        f"ckpt_path={SHIPPED}",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert one_line_error(result) == (
+        f"error: output={output}: cannot write it ({blocker} is a file, not a folder)"
+    )
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled to the last byte (the tests run as root); skipped where mounting
+    is not allowed."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        # unbuffered, so that the write that finds the disk full is the last one
+        with (
+            open(mount_point / "filler", "wb", buffering=0) as filler,
+            contextlib.suppress(OSError),
+        ):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(full_disk, tmp_path):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((60, 60, 3), 90, np.uint8))
+    output = full_disk / "predictions.jsonl"
+    cfg = predict_cfg(tmp_path / "run", photo, SHIPPED, f"output={output}", "detect=false")
+    with pytest.raises(FERUserError, match=rf"^output={re.escape(str(output))}: cannot write it"):
+        predict(cfg)
+    assert [path.name for path in full_disk.iterdir()] == ["filler"]
+
+
+def test_an_empty_image_file_is_one_line(tmp_path):
+    empty = tmp_path / "cut download.jpg"
+    empty.write_bytes(b"")
+    result = run_module(
+        "fer_lightning.predict",
+        str(empty),
+        f"ckpt_path={SHIPPED}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert one_line_error(result) == f"error: {empty}: an empty file (0 bytes), not an image"
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_claiming(20_000, 20_000))
+    result = run_module(
+        "fer_lightning.predict",
+        str(bomb),
+        f"ckpt_path={SHIPPED}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    line = one_line_error(result)
+    assert line == (
+        f"error: {bomb}: 400,000,000 pixels, over the limit of 100,000,000 (max_pixels); a "
+        "decompression bomb, or a photo to shrink first"
+    )
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((100, 100, 3), 90, np.uint8))
+    cfg = predict_cfg(tmp_path / "run2", photo, SHIPPED, "max_pixels=9999")
+    with pytest.raises(FERUserError, match=r"100x100 = 10,000 pixels, over the limit of 9,999"):
+        predict(cfg)
+
+
+def test_folders_and_videos_report_progress(tmp_path, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(folder / f"{index}.png"), np.full((48, 48, 3), 40 * index, np.uint8))
+    video = folder / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 48))
+    for _ in range(4):
+        writer.write(np.full((48, 48, 3), 90, np.uint8))
+    writer.release()
+    cfg = predict_cfg(tmp_path / "run", folder, SHIPPED, "detect=false", "progress_seconds=0")
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        predict(cfg)
+    progress = [line for line in caplog.messages if line.startswith("Progress: ")]
+    assert progress[:3] == [f"Progress: file {n}/4; {n} face(s) so far" for n in (1, 2, 3)]
+    assert progress[3:] == [
+        f"Progress: file 4/4, {video} frame {n}/4; {3 + n} face(s) so far" for n in range(1, 5)
+    ]
+    caplog.clear()
+    quiet = predict_cfg(tmp_path / "run2", folder, SHIPPED, "detect=false")  # every 10 s
+    with caplog.at_level(logging.INFO, logger="fer_lightning.predict"):
+        predict(quiet)
+    assert not [line for line in caplog.messages if line.startswith("Progress: ")]

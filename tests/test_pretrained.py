@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fer_lightning import pretrained
-from fer_lightning.checkpoint import read_checkpoint
+from fer_lightning import checkpoint as checkpoint_module
+from fer_lightning.checkpoint import pretrained_names, read_checkpoint
 from fer_lightning.classes import EMOTIONS
-from fer_lightning.config import ROOT
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
 from fer_lightning.explore import explore
@@ -22,21 +20,24 @@ from fer_lightning.pretrained.__main__ import main, ship
 from fer_lightning.tta import TTA_MODES
 from tests.conftest import TINY_SPLIT_SIZES, compose_config
 
+MANIFEST = json.loads(
+    (checkpoint_module.PRETRAINED_DIR / "manifest.json").read_text(encoding="utf-8")
+)
 NARROW_VGG = "model.net.widths=[48,96,192,384]"
-# each shipped file's training command, as README gives it (data paths aside)
+# each shipped file's training command, as docs/results.md gives it (data paths aside)
 SHIPPED_RECIPES = {
     "baseline": ("experiment=baseline_fer2013",),
     "deep": ("experiment=deep_fer2013",),
     "vgg": ("experiment=vgg_fer2013",),
     # the ensemble's two other VGGs: the earlier recipe, and the regularised one at 80 epochs
-    "vgg40": (
+    "vgg_small": (
         "experiment=vgg_fer2013",
         NARROW_VGG,
         "trainer.max_epochs=40",
         "data.augment.random_erasing=0.0",
         "model.optimizer.weight_decay=0.0001",
     ),
-    "vgg_reg80": ("experiment=vgg_fer2013", NARROW_VGG),
+    "vgg_small_reg": ("experiment=vgg_fer2013", NARROW_VGG),
 }
 
 
@@ -45,8 +46,8 @@ def weights_dir(tmp_path, monkeypatch):
     """An empty stand-in for the package's weights folder."""
     folder = tmp_path / "weights"
     folder.mkdir()
-    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
-    monkeypatch.setattr("fer_lightning.pretrained.__main__.WEIGHTS_DIR", folder)
+    monkeypatch.setattr(checkpoint_module, "PRETRAINED_DIR", folder)
+    monkeypatch.setattr("fer_lightning.pretrained.__main__.PRETRAINED_DIR", folder)
     return folder
 
 
@@ -136,7 +137,7 @@ def test_out_writes_the_weights_outside_the_package(
 
 def test_existing_weights_are_replaced_only_with_force(trained_checkpoint, weights_dir):
     """Shipping under a taken name (e.g. baseline) would silently replace weights whose digest
-    README states: refused, and the file is untouched, unless --force."""
+    the manifest states: refused, and the file is untouched, unless --force."""
     ship(str(trained_checkpoint), "tiny", "none", half=False)
     before = (weights_dir / "tiny.pt").read_bytes()
     with pytest.raises(FERUserError, match=r"tiny\.pt exists; pass --force to replace it"):
@@ -148,7 +149,7 @@ def test_existing_weights_are_replaced_only_with_force(trained_checkpoint, weigh
 
 def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weights_dir):
     ship(str(trained_checkpoint), "tiny", "none", False)
-    assert pretrained.available() == ["tiny"]
+    assert pretrained_names() == ["tiny"]
     with pytest.raises(FERUserError, match=r"no pretrained weights named 'huge'.*shipped: tiny"):
         read_checkpoint("pretrained:huge")
 
@@ -159,16 +160,16 @@ def test_unknown_pretrained_name_lists_what_is_shipped(trained_checkpoint, weigh
         ("baseline", "BaselineCNN", 25),
         ("deep", "DeepConcatNet", 25),
         ("vgg", "VGGFER", 25),
-        ("vgg40", "VGGFER", 25),
-        ("vgg_reg80", "VGGFER", 25),
+        ("vgg_small", "VGGFER", 25),
+        ("vgg_small_reg", "VGGFER", 25),
     ],
 )
 def test_shipped_weights_load_offline_and_classify(
     tmp_path, tiny_csv, name, net_class, max_megabytes
 ):
     """The real shipped files: the right net, FER2013's classes, a report on any fer2013 csv."""
-    assert name in pretrained.available()
-    assert (pretrained.WEIGHTS_DIR / f"{name}.pt").stat().st_size <= max_megabytes * 10**6
+    assert name in pretrained_names()
+    assert (checkpoint_module.PRETRAINED_DIR / f"{name}.pt").stat().st_size <= max_megabytes * 10**6
     checkpoint = read_checkpoint(f"pretrained:{name}")
     assert checkpoint["fer_run_config"]["model"]["net"]["_target_"].endswith(net_class)
     assert checkpoint["hyper_parameters"]["class_names"] == list(EMOTIONS)
@@ -179,25 +180,19 @@ def test_shipped_weights_load_offline_and_classify(
     assert report["support"] == 70
 
 
-def test_the_shipped_weights_are_the_ones_readme_describes():
-    """No stray or missing file: each shipped name has its README entry and recipe test."""
-    assert pretrained.available() == sorted(SHIPPED_RECIPES)
+def test_the_shipped_weights_are_the_ones_the_manifest_lists():
+    """No stray or missing file: each shipped name has its manifest entry and recipe test."""
+    assert sorted(MANIFEST) == [f"{name}.pt" for name in pretrained_names()]
+    assert pretrained_names() == sorted(SHIPPED_RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_RECIPES))
-def test_readme_states_each_shipped_files_size_and_sha256(name):
-    """README's size and digest of each shipped file are the file's own (a re-shipped file
-    without a README update fails here)."""
-    text = " ".join((ROOT / "README.md").read_text().split())  # wrapped lines joined
-    path = pretrained.WEIGHTS_DIR / f"{name}.pt"
-    stated = re.search(
-        rf"`pretrained:{name}` is `fer_lightning/pretrained/{name}\.pt` "
-        r"\(fp(?:16|32), ([\d,]+) bytes, sha256 `([0-9a-f]{64})`\)",
-        text,
-    )
-    assert stated is not None
-    assert stated[1] == f"{path.stat().st_size:,}"
-    assert stated[2] == hashlib.sha256(path.read_bytes()).hexdigest()
+def test_each_shipped_file_has_its_manifest_size_and_sha256(name):
+    """The manifest beside the weights states each file's own size and digest (a re-shipped file
+    without a manifest update fails here)."""
+    path = checkpoint_module.PRETRAINED_DIR / f"{name}.pt"
+    actual = {"size": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert MANIFEST[path.name] == actual, f"manifest.json: {path.name} is {json.dumps(actual)}"
 
 
 RECIPE_KEYS = (
@@ -221,9 +216,9 @@ RECIPE_KEYS = (
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_RECIPES))
 def test_each_shipped_file_was_trained_with_its_experiments_recipe(name, tmp_path):
-    """The recipe README gives for `pretrained:<name>` (its experiment and overrides): the run
-    config stored in the shipped file agrees with it on every recipe setting. A knob added after
-    the run is absent there, and its default must be off (what the run did without it)."""
+    """The recipe docs/results.md gives for `pretrained:<name>` (its experiment and overrides):
+    the run config stored in the shipped file agrees with it on every recipe setting. A knob added
+    after the run is absent there, and its default must be off (what the run did without it)."""
     stored = OmegaConf.create(read_checkpoint(f"pretrained:{name}")["fer_run_config"])
     composed = compose_config("train", tmp_path, list(SHIPPED_RECIPES[name]))
     stored_settings = settings(stored, RECIPE_KEYS)
@@ -256,7 +251,7 @@ def settings(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, object]:
 
 def test_weights_whose_csv_is_not_here_ask_for_one(trained_checkpoint, tiny_csv, tmp_path):
     """Shipped weights store their makers' csv path: evaluate.py and explore name the setting
-    that gives yours (each its own key) instead of reporting a file the user never named."""
+    that gives yours (the same key) instead of reporting a file the user never named."""
     moved = torch.load(trained_checkpoint, weights_only=True)
     moved["fer_run_config"]["data"]["csv_path"] = str(tmp_path / "elsewhere" / "fer2013.csv")
     torch.save(moved, tmp_path / "moved.ckpt")
@@ -264,7 +259,7 @@ def test_weights_whose_csv_is_not_here_ask_for_one(trained_checkpoint, tiny_csv,
     hint = r"moved\.ckpt: the csv it was trained on \(.*elsewhere/fer2013\.csv\) is not on this"
     with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with data\.csv_path="):
         evaluate(compose_config("evaluate", tmp_path / "eval", [ckpt]))
-    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with csv_path="):
+    with pytest.raises(FERUserError, match=rf"{hint} machine; name yours with data\.csv_path="):
         explore(compose_config("explore", tmp_path / "explore", [ckpt]))
     given = evaluate(
         compose_config("evaluate", tmp_path / "given", [ckpt, f"data.csv_path={tiny_csv}"])

@@ -1,10 +1,12 @@
-"""Every command README gives for train.py, evaluate.py and the export/predict/explore/distill
-modules composes with its overrides (a user who copies one never meets "not in struct" or an unknown
-option), and every train.py command builds its data and system, on tiny data.
+"""Every command README.md and docs/*.md give for a task (`fer-lightning <task>`, `python -m
+fer_lightning <task>`, `python -m fer_lightning.<task>`, `python train.py`, `python evaluate.py`)
+composes with its overrides (a user who copies one never meets "not in struct" or an unknown
+option), and every training command builds its data and system, on tiny data.
 
-README's notation is read as a reader would: ``[a=b]`` is optional (tested with it), ``a=x|y``
-means either value, ``<run dir>``-style placeholders stand for paths, ``-m`` sweeps run every
-point, and commands shown after a ``$`` prompt demonstrate an error, so they are only composed.
+The documents' notation is read as a reader would: ``[a=b]`` is optional (tested with it),
+``a=x|y`` means either value, ``<run dir>``-style placeholders stand for paths, ``-m`` sweeps run
+every point, and commands shown after a ``$`` prompt demonstrate an error, so they are only
+composed.
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import Container, DictConfig, OmegaConf
 
-from fer_lightning.config import ROOT, compose_config
+from fer_lightning.config import compose_config
 from fer_lightning.data.teacher import teacher_record
 from fer_lightning.training import build_data_and_system
-from tests.conftest import write_ferplus_votes
+from tests.conftest import ROOT, write_ferplus_votes
 
-README = ROOT / "README.md"
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TASKS = ("train", "evaluate", "predict", "export", "explore", "distill", "serve")
+# each way of starting a task -> the task's entry config
 ENTRY_CONFIGS = {
-    "train.py": "train",
-    "evaluate.py": "evaluate",
-    "-m fer_lightning.export": "export",
-    "-m fer_lightning.predict": "predict",
-    "-m fer_lightning.explore": "explore",
-    "-m fer_lightning.distill": "distill",
+    "python train.py": "train",
+    "python evaluate.py": "evaluate",
+    **{f"fer-lightning {task}": task for task in TASKS},
+    **{f"python -m fer_lightning {task}": task for task in TASKS},
+    **{f"python -m fer_lightning.{task}": task for task in TASKS},
 }
 COMMAND = re.compile(
-    r"(\$ )?python (" + "|".join(re.escape(entry) for entry in ENTRY_CONFIGS) + r")(?![\w.])(.*)"
+    r"(\$ )?("
+    + "|".join(re.escape(entry) for entry in sorted(ENTRY_CONFIGS, key=len, reverse=True))
+    + r")(?![\w.-])(.*)"
 )
 CODE_BLOCK = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 INLINE_CODE = re.compile(r"`([^`]+)`")
@@ -45,16 +50,17 @@ PLACEHOLDER = re.compile(r"<[^<>]*>")
 
 @dataclass(frozen=True)
 class ReadmeCommand:
-    """One command line of README: its entry config, Hydra overrides, and whether it is an
-    error demonstration (shown after a ``$`` prompt)."""
+    """One command line of a document: where it is, its entry config, Hydra overrides, and
+    whether it is an error demonstration (shown after a ``$`` prompt)."""
 
+    document: str
     line: int
     config_name: str
     overrides: tuple[str, ...]
     shows_an_error: bool
 
     def __str__(self) -> str:
-        return f"README.md:{self.line}: {self.config_name} {' '.join(self.overrides)}"
+        return f"{self.document}:{self.line}: {self.config_name} {' '.join(self.overrides)}"
 
 
 def _snippets(text: str) -> list[tuple[int, str]]:
@@ -100,19 +106,33 @@ def _overrides(arguments: str) -> list[list[str]]:
     return commands
 
 
+def _command_lines(document: Path) -> list[tuple[int, re.Match[str]]]:
+    """(line number, match) of every task command in a document's code."""
+    return [
+        (line, match)
+        for line, snippet in _snippets(document.read_text(encoding="utf-8"))
+        for match in COMMAND.finditer(snippet)
+    ]
+
+
 def readme_commands() -> list[ReadmeCommand]:
-    commands = []
-    for line, snippet in _snippets(README.read_text(encoding="utf-8")):
-        for match in COMMAND.finditer(snippet):
+    """Every task command of README.md and docs/*.md, each distinct one once (where it is first
+    given)."""
+    commands, seen = [], set()
+    for document in DOCUMENTS:
+        for line, match in _command_lines(document):
             for overrides in _overrides(match.group(3)):
-                commands.append(
-                    ReadmeCommand(
-                        line,
-                        ENTRY_CONFIGS[match.group(2)],
-                        tuple(overrides),
-                        shows_an_error=match.group(1) is not None,
-                    )
+                command = ReadmeCommand(
+                    str(document.relative_to(ROOT)),
+                    line,
+                    ENTRY_CONFIGS[match.group(2)],
+                    tuple(overrides),
+                    shows_an_error=match.group(1) is not None,
                 )
+                key = (command.config_name, command.overrides, command.shows_an_error)
+                if key not in seen:
+                    seen.add(key)
+                    commands.append(command)
     return commands
 
 
@@ -122,14 +142,25 @@ COMMANDS = readme_commands()
 def test_readme_commands_are_all_found():
     # counted in the raw text, not through the extractor: a command it misses (another fence, a
     # `python3`) shows up here
-    mentions = re.findall(
-        r"python3? (?:train\.py|evaluate\.py|-m fer_lightning\.(?:export|predict|explore|distill))"
-        r"(?![\w.])",
-        README.read_text("utf-8"),
-    )
+    mentions = {
+        (str(document.relative_to(ROOT)), text.count("\n", 0, mention.start()) + 1)
+        for document in DOCUMENTS
+        for text in [document.read_text("utf-8")]
+        for mention in re.finditer(
+            r"(?:python3? (?:train\.py|evaluate\.py|-m fer_lightning[ .]\w+)|fer-lightning \w+)"
+            r"(?![\w.-])",
+            text,
+        )
+        if not mention.group(0).endswith("pretrained")  # the slimming tool, not a task
+    }
     assert len(mentions) >= 50
-    found = {(command.line, command.config_name) for command in COMMANDS}
-    assert len(found) == len(mentions)
+    assert {"README.md", "docs/results.md"} <= {document for document, _ in mentions}
+    found = {
+        (str(document.relative_to(ROOT)), line)
+        for document in DOCUMENTS
+        for line, _ in _command_lines(document)
+    }
+    assert found == mentions
     assert {c.config_name for c in COMMANDS} == set(ENTRY_CONFIGS.values())
 
 

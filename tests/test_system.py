@@ -22,10 +22,10 @@ from fer_lightning.callbacks import (
     EMAWeights,
     HostCountedAveragedModel,
     TensorBoardExtras,
-    log_hparams_with_metrics,
 )
 from fer_lightning.classes import EMOTIONS, IMAGE_SIZE, NUM_CLASSES
 from fer_lightning.errors import FERUserError
+from fer_lightning.loggers import log_hparams_with_metrics
 from fer_lightning.system import FERSystem
 
 # Tiny in-memory loaders cannot use worker processes usefully; Lightning's advice does not apply.

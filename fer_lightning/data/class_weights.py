@@ -29,8 +29,8 @@ def class_weights(counts: Sequence[int], mode: str) -> list[float] | None:
       and cutmix's soft targets it divides by the batch size, and the rescaling keeps that loss
       on the unweighted scale.
 
-    Rare classes get large weights (seed 000 weighted by frequency instead, which favours the
-    majority). A class without rows has no defined weight and is an error.
+    Rare classes get large weights (the baseline reference weighted by frequency instead, which
+    favours the majority). A class without rows has no defined weight and is an error.
     """
     check_class_weighting(mode)
     if mode == "none":

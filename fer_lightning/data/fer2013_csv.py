@@ -86,9 +86,9 @@ def load_fer2013_csv(
 
 _WHERE_DATA_COMES_FROM = (
     "Get fer2013.csv from Kaggle's 'Challenges in Representation Learning: Facial Expression "
-    "Recognition Challenge' and name it with data.csv_path=... (explore: csv_path=...; train.py "
-    "data=fer2013 also reads the env FER2013_CSV); without it, train.py trains on built-in "
-    "synthetic faces (data=synthetic)"
+    "Recognition Challenge' and name it with data.csv_path=... (train.py data=fer2013 also "
+    "reads the env FER2013_CSV); without it, train.py trains on built-in synthetic faces "
+    "(data=synthetic)"
 )
 
 

@@ -23,7 +23,7 @@ def stratified_val_counts(class_counts: list[int], val_fraction: float) -> list[
     """Validation rows per class: ``n_c * val_fraction`` rounded half up, per class.
 
     For the FER2013 Training counts and 0.2 this gives 5,741 validation and 22,968 training rows,
-    the sizes of seed 004's split of the 28,709 training images.
+    the sizes of the deep reference's split of the 28,709 training images.
     """
     if not 0.0 < val_fraction < 1.0:
         raise FERUserError(

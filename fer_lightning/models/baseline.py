@@ -1,4 +1,5 @@
-"""The small three-convolution CNN of seed 000 (Keras ``Sequential`` model), as a PyTorch module."""
+"""The baseline reference: the small three-convolution Keras ``Sequential`` CNN of seed 000, as a
+PyTorch module."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from fer_lightning.classes import IMAGE_SIZE, NUM_CLASSES
 
 
 class BaselineCNN(nn.Module):
-    """Seed 000's CNN, layer for layer (318,407 parameters with one input channel).
+    """The baseline reference CNN, layer for layer (318,407 parameters with one input channel).
 
     Conv(32, 3x3, valid)+ReLU -> MaxPool2 -> Conv(64)+ReLU -> MaxPool2 -> Conv(64)+ReLU -> Flatten
     -> Dense 64 + ReLU -> Dense ``num_classes``. Spatial sizes for 48x48 input: 46, 23, 21, 10, 8.
     Submodules carry the Keras layer names. Keras flattens NHWC and PyTorch NCHW; the dense weights
     are trained from scratch, so only the (identical) parameter count matters. ``forward`` returns
-    logits: the seed's softmax belongs to the loss.
+    logits: the reference's softmax belongs to the loss.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = NUM_CLASSES) -> None:

@@ -1,4 +1,5 @@
-"""Seed 004's concatenation network (a Keras functional model), rebuilt from its layer table."""
+"""The deep reference: seed 004's concatenation network (a Keras functional model), rebuilt from
+its layer table."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def _relu_chain(features: torch.Tensor, *convs: nn.Module) -> torch.Tensor:
 
 
 class DeepConcatNet(nn.Module):
-    """Seed 004's network: four concatenation blocks, a 3x3 conv at 1x1, and a dense head.
+    """The deep reference network: four concatenation blocks, a 3x3 conv at 1x1, and a dense head.
 
-    Every row of the seed's layer table is matched, both output shape and parameter count.
+    Every row of the reference's layer table is matched, both output shape and parameter count.
     Submodules carry the Keras names in snake case, for example ``before_final_layer`` and
     ``final_layer``. With 3 input channels there are 6,185,831 trainable parameters. The
     BatchNorm running mean and variance add 2,304 elements, which gives Keras's 6,188,135.

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from fer_lightning.checkpoint import RUN_CONFIG_KEY, TTA_KEY, read_checkpoint
+from fer_lightning.checkpoint import PRETRAINED_DIR, RUN_CONFIG_KEY, TTA_KEY, read_checkpoint
 from fer_lightning.cli import exit_on_user_error
 from fer_lightning.errors import FERUserError
 from fer_lightning.files import write_atomically
-from fer_lightning.pretrained import WEIGHTS_DIR
 from fer_lightning.tta import TTA_MODES, check_tta_mode
 
 
@@ -56,10 +55,10 @@ def ship(
     ckpt: str, name: str, tta: str, half: bool, out: Path | None = None, force: bool = False
 ) -> None:
     """Write the slimmed checkpoint into the package (or `out`) and print its size and digest;
-    existing weights (the shipped ones, whose digests README states) are replaced only with
+    existing weights (the shipped ones, whose digests manifest.json states) are replaced only with
     `force`."""
     shipped = slim(read_checkpoint(ckpt), tta, half)
-    target = (WEIGHTS_DIR if out is None else out) / f"{name}.pt"
+    target = (PRETRAINED_DIR if out is None else out) / f"{name}.pt"
     if target.exists() and not force:
         raise FERUserError(f"{target} exists; pass --force to replace it")
     write_atomically(target, lambda file: torch.save(shipped, file))

@@ -1,4 +1,4 @@
-"""The GPU-lease payload carries Training and PublicTest exactly, and nothing of PrivateTest."""
+"""The remote-GPU payload carries Training and PublicTest exactly, and nothing of PrivateTest."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tests.conftest import ROOT, write_ferplus_votes
 
 
 def _payload_module():
-    path = ROOT / "tools" / "gpu_lease" / "payload.py"
-    spec = importlib.util.spec_from_file_location("gpu_lease_payload", path)
+    path = ROOT / "tools" / "remote_gpu" / "payload.py"
+    spec = importlib.util.spec_from_file_location("remote_gpu_payload", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# One GPU lease, one command: a profile of the deep net's training steps and its epoch benchmark,
+# One remote GPU run, one command: a profile of the deep net's training steps and its epoch benchmark,
 # then one training fitted to the time left, on Training with selection on PublicTest (the payload
 # holds no PrivateTest).
 #
 # Here, before the call (the working tree that travels is capped at 64 MiB):
-#   python tools/gpu_lease/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \
+#   python tools/remote_gpu/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \
 #       --ferplus ../shared/fer2013/fer2013new.csv
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.8 omegaconf==2.3.1
 #   python -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 #   mkdir -p /tmp/shipped && mv fer_lightning/pretrained/*.pt /tmp/shipped/   # back after the call
-# The call: command `bash tools/gpu_lease/run.sh`, carry [".gpu", ".whl"], timeout 600 s.
+# The call: command `bash tools/remote_gpu/run.sh`, carry [".gpu", ".whl"], timeout 600 s.
 # Env: DEADLINE (s after start when training stops, default 540), BENCHES (the deep-net epoch
 # benchmark's variants), TRAIN (the run's overrides), NAME (its name), MIN_TRAIN (s that must be
 # left to train at all, default 180), SMOKE=1 (a few CPU batches, to try this script here).
@@ -25,8 +25,8 @@ TRAIN=${TRAIN:-experiment=vgg_fer2013 model.net.widths=[64,128,256,512]}
 # '|'-separated override sets for the deep-net epoch benchmark, one run each ('' = as configured)
 BENCHES=${BENCHES-"|trainer.benchmark=true|trainer.benchmark=true model.compile_mode=reduce-overhead|\
 trainer.benchmark=true data.batch_size=256"}
-OUT=${OUT:-/tmp/gpu_lease_out}
-WORK=/tmp/gpu_lease_work
+OUT=${OUT:-/tmp/remote_gpu_out}
+WORK=/tmp/remote_gpu_work
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT"
 elapsed() { echo $(($(date +%s) - start)); }
 log() { echo "[$(elapsed)s] $*" | tee -a "$OUT/steps.log"; }
@@ -40,7 +40,7 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', \
 pl.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" |
   tee -a "$OUT/steps.log"
-python3 tools/gpu_lease/payload.py unpack .gpu /tmp/fer || exit 1
+python3 tools/remote_gpu/payload.py unpack .gpu /tmp/fer || exit 1
 CSV=/tmp/fer/fer2013.csv
 COMMON=(data.cache_dir="$WORK/cache")
 VOTES=()  # FER+ runs read the carried votes

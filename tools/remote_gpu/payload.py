@@ -1,10 +1,10 @@
-"""Carry FER2013's Training and PublicTest rows to a lent GPU machine, and nothing of PrivateTest.
+"""Carry FER2013's Training and PublicTest rows to a remote GPU machine, and nothing of PrivateTest.
 
-    python tools/gpu_lease/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \\
+    python tools/remote_gpu/payload.py pack ../shared/fer2013/fer2013.csv.gz .gpu \\
         --ferplus ../shared/fer2013/fer2013new.csv
-    python tools/gpu_lease/payload.py unpack .gpu /tmp/fer          # on the lent machine
+    python tools/remote_gpu/payload.py unpack .gpu /tmp/fer          # on the GPU machine
 
-A lent machine takes at most 64 MiB of working tree and the gzip csv alone is 90 MB. `pack` tiles
+The remote run takes at most 64 MiB of working tree and the gzip csv alone is 90 MB. `pack` tiles
 the images into one 8-bit PNG (lossless, ~52 MB for the 32,298 Training and PublicTest images)
 and keeps each row's label and Usage, and the FER+ votes of those rows. `unpack` writes a
 ``fer2013.csv`` (and ``fer2013new.csv``) that parse to the same arrays, plus one mid-gray
