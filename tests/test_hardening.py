@@ -19,6 +19,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from pytorch_lightning import Callback, Trainer
 
 from fer_lightning.builders import build_trainer
 from fer_lightning.checkpoint_io import AtomicCheckpointIO
@@ -508,6 +509,25 @@ def test_sigterm_mid_epoch_saves_last_ckpt_exits_143_and_resumes(tmp_path, tiny_
     assert torch.load(last, weights_only=True)["global_step"] == 2 * 20
 
 
+class SubmititExit(Callback):
+    """Exits at step 2, as submitit's signal handler does after requeueing the job."""
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == 2:
+            sys.exit(-1)
+
+
+def test_submitits_requeue_exit_mid_epoch_saves_last_ckpt_at_that_step(train_cfg, tmp_path):
+    """On its signal before the time limit, submitit requeues the job and exits (SystemExit)
+    wherever training is: last.ckpt is saved at that step for the requeued job to resume."""
+    exit_at_step_2 = f"+callbacks.submitit._target_={__name__}.SubmititExit"
+    cfg = train_cfg(*THREE_STEP_EPOCHS, "trainer.max_epochs=1", exit_at_step_2)
+    with pytest.raises(SystemExit):
+        train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
 @pytest.mark.slow
 def test_sigterm_in_a_multirun_marks_the_job_preempted_and_the_sweep_resumes(tmp_path, tiny_csv):
     """The preempted job is recorded as such, the sweep stops with 143 and says so; the same
@@ -804,6 +824,7 @@ def test_multi_node_and_slurm_launcher_configs_compose(tmp_path, tiny_csv):
     assert launcher._target_ == plain.hydra.launcher._target_
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert instantiate(launcher).params["partition"] == "gpu"
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0  # requeued by submitit
     two_nodes = compose_config(
         "train", tmp_path, ["trainer=ddp", "trainer.accelerator=cpu", "trainer.num_nodes=2"]
     )
