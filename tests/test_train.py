@@ -28,6 +28,7 @@ from fer_lightning.checkpoint import (
     system_from_checkpoint,
 )
 from fer_lightning.classes import EMOTIONS
+from fer_lightning.cli import exit_on_user_error
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
@@ -489,19 +490,31 @@ def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
-    [(None, "does not exist"), (b"not a checkpoint at all", "not a readable checkpoint")],
+    ("content", "expected", "command_line"),
+    [
+        (None, "does not exist", False),
+        (b"not a checkpoint at all", "not a readable checkpoint", True),
+    ],
 )
-def test_cli_evaluate_bad_checkpoint_is_one_line(tmp_path, content, expected):
+def test_cli_evaluate_bad_checkpoint_is_one_line(tmp_path, capsys, content, expected, command_line):
+    """The unreadable file through the real command line; the missing one through the same
+    handling of user errors in this process (a fresh interpreter costs seconds of imports)."""
     checkpoint = tmp_path / "model.ckpt"
     if content is not None:
         checkpoint.write_bytes(content)
-    result = run_script(
-        "evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    (error_line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if command_line:
+        result = run_script(
+            "evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"
+        )
+        returncode, stderr = result.returncode, result.stderr
+    else:
+        cfg = compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={checkpoint}"])
+        with pytest.raises(SystemExit) as exited:
+            exit_on_user_error(evaluate, cfg)
+        returncode, stderr = exited.value.code, capsys.readouterr().err
+    assert returncode == 2
+    assert "Traceback" not in stderr
+    (error_line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert str(checkpoint) in error_line and expected in error_line
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
