@@ -13,7 +13,7 @@ from fer_lightning.data import load_fer2013_csv
 from fer_lightning.data.ferplus import load_ferplus
 from tests.conftest import ROOT, write_ferplus_votes
 
-pytestmark = pytest.mark.bench  # tools/gpu_lease, a development tool
+pytestmark = pytest.mark.bench  # tools/remote_gpu, a development tool
 
 
 def _payload_module():
