@@ -107,8 +107,8 @@ def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(
         overrides = [
             f"model.compile_mode={mode}",
             "callbacks=[default,ema]",
-            "~callbacks.tensorboard_extras",
             *LIMITED_RUN,
+            "~callbacks.tensorboard_extras",
         ]
         cfg = compose_config("train", run_dir, [*tiny_data_overrides(tiny_csv), *overrides])
         torch._dynamo.reset()
@@ -154,7 +154,7 @@ def _test_loss(system, datamodule) -> float:
 
 def test_ema_checkpoints_hold_the_average_and_train_tests_it(train_cfg):
     cfg = train_cfg(
-        "callbacks=[default,ema]", "~callbacks.tensorboard_extras", "seed=0", *LIMITED_RUN
+        "callbacks=[default,ema]", "seed=0", *LIMITED_RUN, "~callbacks.tensorboard_extras"
     )
     trained = train(cfg)
     best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
@@ -466,9 +466,9 @@ def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
         "data.cache_dir=null",
         "data.num_workers=0",
         "~callbacks.rich_progress_bar",
-        "~callbacks.tensorboard_extras",
         f"hydra.sweep.dir={tmp_path}",
         *LIMITED_RUN,
+        "~callbacks.tensorboard_extras",  # (LIMITED_RUN sets its num_samples)
         "trainer.max_epochs=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
