@@ -44,10 +44,12 @@ _share_the_cores_between_workers()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The real-data tests run in one worker, which then parses the real csv once."""
+    """The real-data tests run in one worker, which then parses the real csv once; the browser
+    tests in one worker, which then starts the app's server once."""
     for item in items:
-        if item.get_closest_marker("real_data"):
-            item.add_marker(pytest.mark.xdist_group("real_data"))
+        for marker in ("real_data", "browser"):
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.xdist_group(marker))
 
 
 @pytest.fixture(scope="session", autouse=True)
