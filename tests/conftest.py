@@ -29,6 +29,29 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SPLIT_SIZES = {"num_train": 280, "num_val": 70, "num_test": 70}
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist, each worker process gets its share of the cores: torch would take all
+    of them in every worker, and its spinning threads would fight. Subprocesses inherit it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+_share_the_cores_between_workers()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-data tests run in one worker, which then parses the real csv once; the browser
+    tests in one worker, which then starts the app's server once."""
+    for item in items:
+        for marker in ("real_data", "browser"):
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.xdist_group(marker))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Parse caches of the tests' csvs go to a temporary folder, not the repository's data/cache

@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end on tiny data, printing their command and a sound table.
 
 Nothing here judges speed (that is what the scripts are for); these tests keep the scripts from
-rotting as the code under them changes, and check the quantities they count.
+rotting as the code under them changes, and check the quantities they count. One test a script
+runs in the default suite; the others are opt-in (`-m bench`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def test_bench_epoch_times_every_epoch_of_the_full_training_split(tiny_csv: Path
     )
 
 
+@pytest.mark.bench
 def test_bench_epoch_refuses_a_single_epoch(tiny_csv: Path) -> None:
     result = run_script("benchmarks/bench_epoch.py", "--csv", str(tiny_csv), "--epochs", "1")
     assert result.returncode == 2
@@ -91,6 +93,7 @@ def test_bench_train_loop_compares_both_loops(tiny_csv: Path) -> None:
     assert "2 interleaved pairs of 5-step blocks" in out
 
 
+@pytest.mark.bench
 def test_bench_train_loop_runs_both_loops_in_bf16(tiny_csv: Path) -> None:
     out = run_benchmark(
         "bench_train_loop.py",
@@ -186,6 +189,7 @@ def test_profile_steps_records_whole_training_steps(tiny_csv: Path, tmp_path: Pa
     assert "aten::convolution_backward" in events
 
 
+@pytest.mark.bench
 def test_profile_steps_counts_each_kernel_once_in_the_device_time() -> None:
     # the profiler credits a kernel's time to its own event and to the op that launched it
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -202,6 +206,7 @@ def test_profile_steps_counts_each_kernel_once_in_the_device_time() -> None:
     assert device_busy_us([launcher, kernel, event(DeviceType.CUDA, 7.0, annotation=True)]) == 100
 
 
+@pytest.mark.bench
 def test_profile_steps_needs_enough_steps(tiny_csv: Path) -> None:
     result = run_script(
         "benchmarks/profile_steps.py",

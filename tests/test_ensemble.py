@@ -147,6 +147,7 @@ def choose_ensemble_module():
     return module
 
 
+@pytest.mark.bench  # tools/choose_ensemble.py, a development tool
 def test_choose_ensemble_ranks_every_subset_on_publictest_only(
     trained_checkpoint, tiny_csv, tmp_path, monkeypatch, capsys
 ):
@@ -180,6 +181,7 @@ def test_choose_ensemble_ranks_every_subset_on_publictest_only(
         assert scored.f1_macro == pytest.approx(report["f1_macro"])
 
 
+@pytest.mark.bench  # tools/choose_ensemble.py, a development tool
 def test_choose_ensemble_breaks_ties_by_macro_f1_then_the_smaller_set():
     tool = choose_ensemble_module()
     labels = torch.tensor([0, 0, 1, 2])
@@ -198,6 +200,7 @@ def test_choose_ensemble_breaks_ties_by_macro_f1_then_the_smaller_set():
     assert order.index(("b",)) < order.index(("b", "c"))
 
 
+@pytest.mark.bench  # tools/choose_ensemble.py, a development tool
 def test_choose_ensemble_refuses_candidates_of_other_classes(trained_checkpoint, tmp_path):
     renamed = read_checkpoint(trained_checkpoint)
     renamed["hyper_parameters"]["class_names"][0] = "Anger"
@@ -207,6 +210,7 @@ def test_choose_ensemble_refuses_candidates_of_other_classes(trained_checkpoint,
         tool.choose([str(trained_checkpoint), str(tmp_path / "renamed.ckpt")], {}, min_size=2)
 
 
+@pytest.mark.bench  # tools/choose_ensemble.py, a development tool
 def test_the_printed_command_quotes_paths_hydra_would_misread():
     tool = choose_ensemble_module()
     command = tool.evaluate_command(

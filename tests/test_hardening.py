@@ -775,7 +775,6 @@ def test_same_seed_with_worker_processes_gives_identical_metrics_json(tmp_path, 
 # ------------------------------------------------------------------------------ past one machine
 
 
-@pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path):
     """trainer=ddp with two gloo processes: metrics synced over both, one report in which every
     test image counts once (an odd split: no padding by repeated images), and the checkpoint

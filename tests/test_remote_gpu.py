@@ -7,10 +7,13 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.data.ferplus import load_ferplus
 from tests.conftest import ROOT, write_ferplus_votes
+
+pytestmark = pytest.mark.bench  # tools/remote_gpu, a development tool
 
 
 def _payload_module():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import shutil
@@ -27,6 +28,7 @@ from fer_lightning.checkpoint import (
     system_from_checkpoint,
 )
 from fer_lightning.classes import EMOTIONS
+from fer_lightning.cli import exit_on_user_error
 from fer_lightning.data import load_fer2013_csv
 from fer_lightning.errors import FERUserError
 from fer_lightning.evaluation import evaluate
@@ -75,15 +77,39 @@ def test_vgg_recipe_trains_in_bf16_and_its_checkpoint_evaluates(tmp_path, tiny_c
     )
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on a CPU needs g++")
-def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(tmp_path, tiny_csv):
+@pytest.mark.parametrize(
+    "backend",
+    [
+        # dynamo's graphs and AOTAutograd's forward and backward, run by torch's own kernels
+        "aot_eager",
+        # what model.compile_mode runs on: C++ code generated and compiled (minutes on 2 cores)
+        pytest.param(
+            "inductor",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    shutil.which("g++") is None, reason="torch.compile on a CPU needs g++"
+                ),
+            ],
+        ),
+    ],
+)
+def test_compiled_net_trains_as_the_eager_one_and_its_checkpoint_loads_eager(
+    tmp_path, tiny_csv, monkeypatch, backend
+):
     """model.compile_mode: the same seeded run, compiled, ends where the eager one does (with
     the EMA callback, whose copy of the net stays eager); the checkpoint keeps the eager keys,
     leaves compile_mode out of its hyper-parameters and evaluates without compiling."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
     metrics, stored, compiled_graphs = {}, {}, {}
     for mode in ("null", "default"):
         run_dir = tmp_path / mode
-        overrides = [f"model.compile_mode={mode}", "callbacks=[default,ema]", *LIMITED_RUN]
+        overrides = [
+            f"model.compile_mode={mode}",
+            "callbacks=[default,ema]",
+            *LIMITED_RUN,
+            "~callbacks.tensorboard_extras",
+        ]
         cfg = compose_config("train", run_dir, [*tiny_data_overrides(tiny_csv), *overrides])
         torch._dynamo.reset()
         metrics[mode] = train(cfg)
@@ -127,7 +153,9 @@ def _test_loss(system, datamodule) -> float:
 
 
 def test_ema_checkpoints_hold_the_average_and_train_tests_it(train_cfg):
-    cfg = train_cfg("callbacks=[default,ema]", "seed=0", *LIMITED_RUN)
+    cfg = train_cfg(
+        "callbacks=[default,ema]", "seed=0", *LIMITED_RUN, "~callbacks.tensorboard_extras"
+    )
     trained = train(cfg)
     best = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     checkpoint = read_checkpoint(best)
@@ -235,7 +263,7 @@ def test_training_steps_read_nothing_back_from_the_device(train_cfg, monkeypatch
     its step counters (on a GPU they stay on the host; its fused form refuses gradient clipping).
     A device-to-host copy by `.to()` is not told apart from a host-to-device one here;
     `torch.cuda.set_sync_debug_mode` on a GPU would."""
-    STEPS = 6
+    STEPS = 4  # the reads of 3 whole steps
     reads = _HostReads()
 
     def count_between_first_and_last_step(self, outputs, batch, batch_idx) -> None:
@@ -255,6 +283,9 @@ def test_training_steps_read_nothing_back_from_the_device(train_cfg, monkeypatch
         "+model.optimizer.momentum=0.9",
         "+model.optimizer.nesterov=true",
         "test=false",
+        "data.batch_size=8",  # the same calls as a batch of 32, on a quarter of the pixels
+        "data.eval_batch_size=8",
+        "~callbacks.tensorboard_extras",  # (epoch-end figures: outside the steps watched)
         "trainer.max_epochs=1",
         f"trainer.limit_train_batches={STEPS}",
         "trainer.limit_val_batches=1",
@@ -302,6 +333,7 @@ def test_report_quotes_the_val_scores_of_the_tested_checkpoint(train_cfg, tmp_pa
         "callbacks.model_checkpoint.monitor=epoch",
         "callbacks.model_checkpoint.mode=min",
         "~callbacks.early_stopping",
+        "~callbacks.tensorboard_extras",
     )
     train(cfg)
     rows = [
@@ -434,9 +466,10 @@ def test_cli_optuna_search_returns_the_optimised_metric(tmp_path, tiny_csv):
         "data.cache_dir=null",
         "data.num_workers=0",
         "~callbacks.rich_progress_bar",
-        "callbacks.tensorboard_extras.num_samples=8",
         f"hydra.sweep.dir={tmp_path}",
         *LIMITED_RUN,
+        "~callbacks.tensorboard_extras",  # (LIMITED_RUN sets its num_samples)
+        "trainer.max_epochs=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = (tmp_path / "optimization_results.yaml").read_text()
@@ -457,19 +490,31 @@ def test_cli_missing_csv_explains_where_data_comes_from(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
-    [(None, "does not exist"), (b"not a checkpoint at all", "not a readable checkpoint")],
+    ("content", "expected", "command_line"),
+    [
+        (None, "does not exist", False),
+        (b"not a checkpoint at all", "not a readable checkpoint", True),
+    ],
 )
-def test_cli_evaluate_bad_checkpoint_is_one_line(tmp_path, content, expected):
+def test_cli_evaluate_bad_checkpoint_is_one_line(tmp_path, capsys, content, expected, command_line):
+    """The unreadable file through the real command line; the missing one through the same
+    handling of user errors in this process (a fresh interpreter costs seconds of imports)."""
     checkpoint = tmp_path / "model.ckpt"
     if content is not None:
         checkpoint.write_bytes(content)
-    result = run_script(
-        "evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    (error_line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if command_line:
+        result = run_script(
+            "evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}"
+        )
+        returncode, stderr = result.returncode, result.stderr
+    else:
+        cfg = compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={checkpoint}"])
+        with pytest.raises(SystemExit) as exited:
+            exit_on_user_error(evaluate, cfg)
+        returncode, stderr = exited.value.code, capsys.readouterr().err
+    assert returncode == 2
+    assert "Traceback" not in stderr
+    (error_line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert str(checkpoint) in error_line and expected in error_line
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
@@ -555,7 +600,7 @@ def test_resuming_from_weights_without_training_state_is_one_line(
 def test_a_test_limited_to_no_batch_is_refused_before_training(train_cfg, trained_run, tmp_path):
     """limit_test_batches=0 leaves no confusion matrix to report: refused before the fit (not
     after hours of training), and by evaluate.py before loading anything."""
-    cfg = train_cfg(*LIMITED_RUN, "trainer.limit_test_batches=0")
+    cfg = train_cfg(*LIMITED_RUN, "~callbacks.tensorboard_extras", "trainer.limit_test_batches=0")
     with pytest.raises(FERUserError, match=r"limit_test_batches=0 runs no test batch.*test=false"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -621,6 +666,7 @@ def test_a_loss_monitored_with_mode_min_trains(train_cfg):
     metrics = train(
         train_cfg(
             *LIMITED_RUN,
+            "~callbacks.tensorboard_extras",
             "callbacks.model_checkpoint.monitor=val/loss",
             "callbacks.model_checkpoint.mode=min",
             "model.scheduler_monitor=null",

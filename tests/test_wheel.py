@@ -17,8 +17,6 @@ import pytest
 from fer_lightning.classes import EMOTIONS
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
-
 # what the wheel is built from (conf/ is packaged as fer_lightning/conf)
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "conf", "fer_lightning")
 

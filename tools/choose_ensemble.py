@@ -21,15 +21,10 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
-from fer_lightning.checkpoint import (
-    datamodule_from_checkpoint,
-    read_checkpoint,
-    stored_tta,
-    system_from_checkpoint,
-)
 from fer_lightning.cli import exit_on_user_error, hydra_quoted
 from fer_lightning.config import compose_config
-from fer_lightning.ensemble import MeanEnsemble, describe_members, shared_class_names
+from fer_lightning.ensemble import MeanEnsemble, describe_members
+from fer_lightning.loader import load_model
 from fer_lightning.report import classification_report, confusion_matrix
 
 SELECTION_SPLIT = "val"
@@ -57,24 +52,18 @@ def val_probabilities(
     the class names the candidates must share. The data are the first candidate's, with
     evaluate.py's data settings (this project's parse cache) and the non-null ``data_files``
     (``csv_path``, ``ferplus_csv``) of this machine."""
-    checkpoints = [read_checkpoint(path) for path in candidates]
-    systems = [
-        system_from_checkpoint(checkpoint, path)
-        for checkpoint, path in zip(checkpoints, candidates, strict=True)
-    ]
-    class_names = shared_class_names(candidates, systems)
+    model = load_model(list(candidates), exported=False)
     evaluate_data = OmegaConf.to_container(compose_config("evaluate", ".").data, resolve=True)
     overrides = {**evaluate_data, **data_files, "in_channels": MeanEnsemble.in_channels}
-    datamodule = datamodule_from_checkpoint(checkpoints[0], overrides)
-    batches = list(datamodule.dataloader(SELECTION_SPLIT))
+    batches = list(model.datamodule(overrides).dataloader(SELECTION_SPLIT))
     labels = torch.cat([targets for _, targets in batches])
     probabilities = {}
-    for path, checkpoint, system in zip(candidates, checkpoints, systems, strict=True):
-        member = MeanEnsemble([system.net], [stored_tta(checkpoint)])
+    for path, system, mode in zip(candidates, model.systems, model.tta_modes, strict=True):
+        member = MeanEnsemble([system.net], [mode])
         with torch.inference_mode():
             probabilities[path] = torch.cat([member(images).exp() for images, _ in batches])
         print(f"{describe_members([path], member.tta_modes)}: done", flush=True)
-    return probabilities, labels, class_names
+    return probabilities, labels, model.class_names
 
 
 def score_subsets(
