@@ -45,7 +45,7 @@ def resolve_checkpoint_path(ckpt_path: str | os.PathLike | list[str]) -> Path:
     """`pretrained:<name>` as the shipped file's path; any other value as a plain path."""
     if isinstance(ckpt_path, ListConfig | list | tuple):  # an ensemble's members, not one model
         raise FERUserError(
-            f"got a list of checkpoints ({list(ckpt_path)}); only evaluate.py and predict take "
+            f"got a list of checkpoints ({list(ckpt_path)}); only evaluate and predict take "
             "one (an ensemble), here name a single checkpoint"
         )
     text = str(ckpt_path)

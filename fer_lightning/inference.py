@@ -220,13 +220,13 @@ def check_onnx_signature(
         raise FERUserError(
             f"{origin}: its graph takes {found}, but its metadata says float "
             f"(N, {', '.join(map(str, expected))}); export models with "
-            "python -m fer_lightning.export"
+            "fer-lightning export"
         )
     classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(classes, int) and classes != num_classes:
         raise FERUserError(
             f"{origin}: its graph gives {classes} class scores, but its metadata names "
-            f"{num_classes} classes; export models with python -m fer_lightning.export"
+            f"{num_classes} classes; export models with fer-lightning export"
         )
 
 
@@ -253,6 +253,6 @@ def parse_metadata(text: str | None, origin: str) -> tuple[list[str], int, str]:
     except (TypeError, KeyError, ValueError) as err:
         raise FERUserError(
             f"{origin}: has no fer-lightning metadata '{METADATA_KEY}' (class names, input "
-            "channels); export models with python -m fer_lightning.export"
+            "channels); export models with fer-lightning export"
         ) from err
     return class_names, in_channels, tta

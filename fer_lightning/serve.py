@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from fer_lightning.checkpoint import PRETRAINED_PREFIX, pretrained_names
-from fer_lightning.cli import exit_on_user_error
+from fer_lightning.cli import exit_on_user_error, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.faces import FaceDetector
@@ -327,6 +327,7 @@ def serve(cfg: DictConfig) -> None:
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
     """Serve the app: the page and the HTTP API."""

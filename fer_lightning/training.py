@@ -179,7 +179,7 @@ def check_monitors(callbacks: list[Any], system: pl.LightningModule) -> None:
 def _check_untrained_test(cfg: DictConfig) -> None:
     """train=false tests the initial weights: refuse when those would be a random net or when
     ckpt_path (which only resumes a fit) would be ignored."""
-    evaluate_hint = "to score a checkpoint, run `python evaluate.py ckpt_path=<file>`"
+    evaluate_hint = "to score a checkpoint, run `fer-lightning evaluate ckpt_path=<file>`"
     if cfg.get("ckpt_path"):
         raise FERUserError(f"train=false: ckpt_path only resumes training; {evaluate_hint}")
     if cfg.get("test") and not cfg.get("init_weights"):

@@ -169,7 +169,7 @@ def test_teacher_targets_of_other_classes_or_foreign_files_are_refused(
     cases = {
         ferplus: "made for the classes",
         trained_checkpoint: "not a teacher-targets file",
-        tmp_path / "missing.pt": "no such file; write it with python -m fer_lightning.distill",
+        tmp_path / "missing.pt": "no such file; write it with fer-lightning distill",
     }
     (tmp_path / "truncated.pt").write_bytes(ferplus.read_bytes()[:100])
     cases[tmp_path / "truncated.pt"] = r"not a teacher-targets file \("
@@ -270,9 +270,7 @@ def test_train_py_names_a_missing_teacher_file_in_one_line(tiny_csv, tmp_path):
         timeout=300,
     )
     assert result.returncode != 0
-    assert "nowhere.pt: no such file; write it with python -m fer_lightning.distill" in (
-        result.stderr
-    )
+    assert "nowhere.pt: no such file; write it with fer-lightning distill" in (result.stderr)
     assert "Traceback" not in result.stderr
 
 

@@ -289,7 +289,7 @@ def test_an_onnx_graph_unlike_its_metadata_is_one_line_at_load_time(exported, tm
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"error: {foreign_path}: its graph takes tensor(float) ['N', 1, 32, 32], but its "
-        "metadata says float (N, 1, 48, 48); export models with python -m fer_lightning.export"
+        "metadata says float (N, 1, 48, 48); export models with fer-lightning export"
     ]
 
 

@@ -236,7 +236,7 @@ class SyntheticFER2013DataModule(FER2013DataModule):
         value that configs inheriting the csv data config give it."""
         _reject_csv_path(
             csv_path,
-            "the synthetic data (data=synthetic, train.py's default)",
+            "the synthetic data (data=synthetic, training's default)",
             "add data=fer2013 (or data=ferplus) to train on a csv; a checkpoint trained on "
             "synthetic data is evaluated on it",
         )

@@ -86,9 +86,8 @@ def load_fer2013_csv(
 
 _WHERE_DATA_COMES_FROM = (
     "Get fer2013.csv from Kaggle's 'Challenges in Representation Learning: Facial Expression "
-    "Recognition Challenge' and name it with data.csv_path=... (train.py data=fer2013 also "
-    "reads the env FER2013_CSV); without it, train.py trains on built-in synthetic faces "
-    "(data=synthetic)"
+    "Recognition Challenge' and name it with data.csv_path=... (data=fer2013 also reads the "
+    "env FER2013_CSV); without it, training runs on built-in synthetic faces (data=synthetic)"
 )
 
 
@@ -540,7 +539,7 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
         raise FERUserError(
             f"cannot write the parse cache: {cache_dir} is a file, not a folder; point "
             "data.cache_dir or the env FER_LIGHTNING_CACHE at a folder "
-            "(in train.py data.cache_dir=null parses without a cache)"
+            "(data.cache_dir=null parses without a cache)"
         )
     try:
         if cache_dir.is_dir():
@@ -550,7 +549,7 @@ def _write_cache(cache_file: Path, splits: dict[str, SplitArrays]) -> None:
         raise FERUserError(
             f"cannot write the parse cache {cache_file} ({err.strerror or err}); point "
             "data.cache_dir or the env FER_LIGHTNING_CACHE at a writable folder "
-            "(in train.py data.cache_dir=null parses without a cache)"
+            "(data.cache_dir=null parses without a cache)"
         ) from err
     stem = cache_file.name.rsplit("-", 1)[0]
     for earlier in cache_dir.glob(f"{stem}-*{_CACHE_SUFFIX}"):

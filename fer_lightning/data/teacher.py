@@ -57,15 +57,13 @@ def load_teacher_probabilities(
     try:
         record = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
-        raise FERUserError(
-            f"{source}: no such file; write it with python -m fer_lightning.distill"
-        ) from err
+        raise FERUserError(f"{source}: no such file; write it with fer-lightning distill") from err
     except Exception as err:  # a truncated or foreign file: torch raises several kinds
         raise FERUserError(f"{source}: not a teacher-targets file ({first_line(err)})") from err
     complete = isinstance(record, dict) and all(key in record for key in RECORD_KEYS)
     if not complete or record["format"] != TEACHER_FORMAT:
         raise FERUserError(
-            f"{source}: not a teacher-targets file (write one with python -m fer_lightning.distill)"
+            f"{source}: not a teacher-targets file (write one with fer-lightning distill)"
         )
     if record["class_names"] != list(class_names):
         raise FERUserError(

@@ -16,7 +16,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from fer_lightning.cli import exit_on_user_error, hydra_quoted
+from fer_lightning.cli import exit_on_user_error, hydra_quoted, settings_in_one_line
 from fer_lightning.config import CONF_DIR
 from fer_lightning.errors import FERUserError, check_whole_number
 from fer_lightning.faces import Box
@@ -288,6 +288,7 @@ def source_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+@settings_in_one_line
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Predict expressions on a photo, folder, video or webcam."""
