@@ -27,7 +27,7 @@ batches of it). Training images/s is timed from the epoch's start to its validat
 validation images/s over the validation; the first epoch (tracing, allocator warm-up) is left
 out, and the table shows medians over the other epochs and the ratios of those medians.
 Hydra overrides for train.py follow ``--``, e.g. ``-- model.channels_last=false``. Without Keras
-installed only the two PyTorch sides run.
+installed (or with ``--no-keras``) only the two PyTorch sides run, against the bare loop.
 """
 
 from __future__ import annotations
@@ -233,12 +233,13 @@ def main() -> None:
     parser.add_argument("--val-batches", type=int, default=None, help="default: all of PublicTest")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-keras", action="store_true", help="the two PyTorch sides only")
     args, extra = parser.parse_known_args()
     extra = [item for item in extra if item != "--"]
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first one is not timed)")
     torch.set_num_threads(args.threads)
-    nets = _keras_factory(args.threads)
+    nets = None if args.no_keras else _keras_factory(args.threads)
     SideBySide.keras_factory = None if nets is None else nets[args.net]
 
     cfg = train_with_callback(
@@ -297,7 +298,7 @@ def main() -> None:
         f"validation vs {reference} | last val acc |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for side in sides:
+    for side in sorted(sides, key=lambda side: side != reference):  # the reference first
         train_rate, val_rate = rates[side]
         print(
             f"| {side} | {train_rate:,.0f} | {val_rate:,.0f} | "

@@ -4,6 +4,8 @@ no prediction beyond 1e-5."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,40 @@ def test_evaluating_with_the_cpu_default_predicts_as_the_plain_layout(tmp_path: 
     plain_probabilities = torch.cat(_trainer(tmp_path).predict(plain, datamodule=data))
     assert _is_nhwc(fast.net) and not _is_nhwc(plain.net)
     torch.testing.assert_close(fast_probabilities, plain_probabilities, atol=1e-5, rtol=0)
+
+
+def _fitted_optimizer(tmp_path: Path, optimizer: Callable, **trainer_settings: object):
+    torch.manual_seed(0)
+    system = FERSystem(net=TinyNet(), optimizer=optimizer)
+    trainer = pl.Trainer(
+        **{
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "limit_train_batches": 3,
+            "limit_val_batches": 0,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": tmp_path,
+            **trainer_settings,
+        }
+    )
+    trainer.fit(system, datamodule=TinyDataModule())
+    return system, trainer.optimizers[0]
+
+
+def test_adam_is_fused_on_a_cpu_with_the_same_weights(tmp_path: Path) -> None:
+    fast, fused = _fitted_optimizer(tmp_path, partial(torch.optim.Adam, lr=1e-2))
+    plain, unfused = _fitted_optimizer(tmp_path, partial(torch.optim.Adam, lr=1e-2, fused=False))
+    assert fused.defaults["fused"] is True and unfused.defaults["fused"] is False
+    for fast_weight, plain_weight in zip(fast.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(fast_weight, plain_weight, atol=1e-6, rtol=0)
+
+
+def test_clipped_mixed_precision_keeps_the_unfused_optimizer(tmp_path: Path) -> None:
+    """Lightning cannot clip the gradients of a fused optimizer under mixed precision."""
+    _, optimizer = _fitted_optimizer(
+        tmp_path, partial(torch.optim.Adam), precision="bf16-mixed", gradient_clip_val=1.0
+    )
+    assert not optimizer.defaults["fused"]
