@@ -39,7 +39,8 @@ UNCHECKED = {"validate_args": False}
 def uses_channels_last(channels_last: bool | None, device: torch.device | str) -> bool:
     """Whether a net runs with NHWC weights: ``channels_last`` when set, else (None, the
     default) on a CPU, where oneDNN's NHWC convolutions trained the reference nets 1.4-1.6x and
-    evaluated them 1.15-1.8x as fast as NCHW ones, with the same results (docs/speed-vs-keras.md)."""
+    evaluated them 1.15-1.8x as fast as NCHW ones, with the same results
+    (docs/speed-vs-keras.md)."""
     if channels_last is not None:
         return bool(channels_last)
     return torch.device(device).type == "cpu"
