@@ -42,6 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "tta": model.tta_modes,
             "ckpt_path": [str(Path(path).expanduser()) for path in paths],
         }
+    system.channels_last = cfg.get("channels_last")  # how to run it, not what it was trained with
     datamodule = model.datamodule(data_overrides)
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=False)
     check_runs_test_batches(trainer)

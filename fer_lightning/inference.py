@@ -26,6 +26,7 @@ from fer_lightning.classes import IMAGE_SIZE
 from fer_lightning.data.transforms import check_in_channels, normalize
 from fer_lightning.ensemble import MeanEnsemble, describe_members
 from fer_lightning.errors import FERUserError, first_line
+from fer_lightning.system import prepare_for_inference
 from fer_lightning.tta import check_tta_mode, tta_probabilities
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -106,7 +107,9 @@ class TorchClassifier(Classifier):
     ) -> None:
         super().__init__(class_names, in_channels, tta)
         self.device = torch.device(device)
-        self.net = net.eval().to(self.device)
+        net = net.eval().to(self.device)
+        scripted = isinstance(net, torch.jit.ScriptModule)
+        self.net = net if scripted else prepare_for_inference(net, self.device)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

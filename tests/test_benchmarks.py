@@ -215,3 +215,49 @@ def test_profile_steps_needs_enough_steps(tiny_csv: Path) -> None:
     )
     assert result.returncode == 1
     assert "the run had fewer than 70 training steps" in result.stderr
+
+
+def _side_by_side(tiny_csv: Path, *options: str) -> list[list[str]]:
+    out = run_benchmark(
+        "bench_vs_keras.py",
+        *("--csv", str(tiny_csv), "--epochs", "2", "--train-batches", "2", *options),
+        *TINY_DATA,
+    )
+    assert f"{2 * 64} training and {TINY_SPLIT_SIZES['num_val']} validation images" in out
+    rows = table_rows(out)
+    for _, train_rate, val_rate, _, _, accuracy in rows:
+        assert number(train_rate) > 0 and number(val_rate) > 0
+        assert 0.0 <= number(accuracy) <= 1.0
+    reference = rows[0]  # the first side is the one the ratios divide by
+    assert number(reference[3]) == number(reference[4]) == 1.0
+    for row in rows[1:]:
+        for rate, ratio in ((1, 3), (2, 4)):
+            assert_ratio_of_rounded(
+                number(row[ratio]), number(row[rate]), number(reference[rate]), 0.5, 0.005
+            )
+    return rows
+
+
+def test_bench_vs_keras_times_the_pytorch_sides_interleaved(tiny_csv: Path) -> None:
+    rows = _side_by_side(tiny_csv, "--no-keras")
+    assert [row[0] for row in rows] == ["bare PyTorch", "train.py"]
+
+
+def test_bench_vs_keras_times_keras_first(tiny_csv: Path) -> None:
+    """Runs where the benchmark-only extra (`pip install -e '.[keras]'`) is installed."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras")
+    rows = _side_by_side(tiny_csv, "--precision", "bf16")
+    assert [row[0] for row in rows] == ["Keras", "train.py", "bare PyTorch"]
+
+
+def test_bench_cpu_settings_times_each_setting_at_each_eval_batch_size() -> None:
+    out = run_benchmark(
+        "bench_cpu_settings.py",
+        *("--rounds", "2", "--steps", "2", "--batch-size", "4", "--eval-images", "8"),
+        *("--eval-batch-sizes", "4", "8", "--settings", "eager", "channels last"),
+    )
+    rows = table_rows(out)
+    assert [row[0] for row in rows] == ["eager", "channels last"]
+    for row in rows:
+        assert len(row) == 5 and all(number(cell) > 0 for cell in row[1:4])

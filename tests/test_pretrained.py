@@ -195,6 +195,8 @@ def test_each_shipped_file_has_its_manifest_size_and_sha256(name):
     assert MANIFEST[path.name] == actual, f"manifest.json: {path.name} is {json.dumps(actual)}"
 
 
+# the settings that shape what a run learns (model.channels_last, the weights' memory layout, does
+# not: its default follows the device)
 RECIPE_KEYS = (
     "seed",
     "model.net",
@@ -202,7 +204,6 @@ RECIPE_KEYS = (
     "model.scheduler",
     "model.scheduler_interval",
     "model.label_smoothing",
-    "model.channels_last",
     "data.batch_size",
     "data.class_weighting",
     "data.augment",
