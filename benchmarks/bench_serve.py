@@ -4,12 +4,12 @@ frames/s in Chromium, and a bounded load test.
     python benchmarks/bench_serve.py [--requests 20] [--webcam-seconds 5] [-- serve overrides]
 
 Starts `python -m fer_lightning.serve` as a subprocess on a free 127.0.0.1 port (--default-model
-as its ckpt_path, the other models through offer_pretrained; Hydra overrides after ``--`` go to
-it, e.g. ``-- threads=1 detector=haar``), then measures:
+as its ckpt_path, every shipped model on offer unless only that one is asked for; Hydra overrides
+after ``--`` go to it, e.g. ``-- threads=1 detector=haar``), then measures:
 - photo: ``POST /api/predict`` of a real photo (scikit-image's astronaut, a 512x512 PNG with one
-  face) for every model of --models with its own TTA and with none; every round posts once per
-  (model, TTA) pair, interleaved, so a drift of the machine's speed affects every pair alike;
-  p50 and p95 of --requests rounds after --warmup;
+  face) for every model of --models (default: every one on offer) with its own TTA and with
+  none; every round posts once per (model, TTA) pair, interleaved, so a drift of the machine's
+  speed affects every pair alike; p50 and p95 of --requests rounds after --warmup;
 - webcam: the page in headless Chromium (Debian's /usr/bin/chromium driven by Playwright), whose
   fake camera plays a generated .y4m of the astronaut's face moving over a gray 640x480 frame;
   for every model of --webcam-models with its own TTA and with none, the frames the page answers
@@ -40,8 +40,6 @@ import cv2
 import httpx
 import numpy as np
 from skimage import data as skimage_data
-
-from fer_lightning.checkpoint import PRETRAINED_PREFIX, pretrained_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -192,10 +190,10 @@ RECORD_FRAMES = """() => {
 def webcam_frames(page, model: str, tta: str, warmup: int, seconds: float) -> list[list[float]]:
     """[time ms, boxes drawn] of every frame the page answered over ``seconds`` of its webcam
     mode with ``model`` and ``tta``, after ``warmup`` frames."""
+    page.click("#webcam-mode")  # it sets the TTA picker to the server's live_tta
     page.select_option("#model", model)
     page.select_option("#tta", tta)
     page.evaluate("() => { window.answered = []; }")
-    page.click("#webcam-mode")
     page.wait_for_function(f"window.answered.length >= {warmup}", timeout=120_000)
     start = page.evaluate("() => performance.now()")
     page.wait_for_timeout(1000 * seconds)
@@ -272,10 +270,11 @@ def tta_label(own: dict[str, str], model: str, tta: str) -> str:
 
 
 def main() -> None:
-    shipped = [f"{PRETRAINED_PREFIX}{name}" for name in pretrained_names()]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--default-model", default="pretrained:vgg", help="the server's ckpt_path")
-    parser.add_argument("--models", nargs="+", default=shipped, help="models of the photo table")
+    parser.add_argument(
+        "--models", nargs="+", help="models of the photo table (default: every one on offer)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="photo rounds not timed")
     parser.add_argument("--requests", type=int, default=20, help="timed photo rounds")
     parser.add_argument(
@@ -294,10 +293,10 @@ def main() -> None:
     overrides = [item for item in overrides if item != "--"]
 
     photo = cv2.imencode(".png", face_photo())[1].tobytes()
-    others = {*args.models, *args.webcam_models} - {args.default_model}
+    offer = args.models is None or bool({*args.models, *args.webcam_models} - {args.default_model})
     server_overrides = [
         f"ckpt_path={args.default_model}",
-        f"offer_pretrained={str(bool(others)).lower()}",
+        f"offer_pretrained={str(offer).lower()}",
         *overrides,
     ]
     with (
@@ -308,8 +307,9 @@ def main() -> None:
         ),
     ):
         started_mb = rss_mb(pid)
-        own = {m["name"]: m["tta"] for m in httpx.get(f"{base}/api/models").json()["models"]}
-        photo_pairs = tta_pairs(own, args.models)
+        listing = httpx.get(f"{base}/api/models").json()
+        own = {model["name"]: model["tta"] for model in listing["models"]}
+        photo_pairs = tta_pairs(own, args.models or list(own))
         latencies = photo_latencies(base, photo, photo_pairs, args.warmup, args.requests)
         webcam_pairs = tta_pairs(own, args.webcam_models)
         frames = webcam_rates(
@@ -342,7 +342,8 @@ def main() -> None:
         print(
             f"\nwebcam in headless Chromium: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} fake camera, "
             f"{args.webcam_seconds:g} s per row after {args.webcam_warmup} frames; "
-            "frame time: from one answered frame to the next\n"
+            "frame time: from one answered frame to the next; the page's webcam starts with "
+            f"{listing['default']}, tta {listing['live_tta']}\n"
         )
         print("| model | TTA | frames/s | frame p50 ms | frame p95 ms | frames with a face |")
         print("|---|---|---:|---:|---:|---:|")
