@@ -13,9 +13,10 @@ after ``--`` go to it, e.g. ``-- threads=1 detector=haar``), then measures:
 - webcam: the page in headless Chromium (Debian's /usr/bin/chromium driven by Playwright), whose
   fake camera plays a generated .y4m of the astronaut's face moving over a gray 640x480 frame;
   for every model of --webcam-models with its own TTA and with none, the frames the page answers
-  over --webcam-seconds (after --webcam-warmup frames): frames/s, and p50/p95 of the time from
-  one answered frame to the next (the page keeps one frame in flight, so this is a frame's whole
-  round trip: grab, JPEG, POST, detect, classify, draw);
+  over --webcam-seconds, in --webcam-rounds blocks with the (model, TTA) pairs interleaved, each
+  block after --webcam-warmup frames: frames/s, and p50/p95 of the time from one answered frame
+  to the next (the page keeps one frame in flight, so this is a frame's whole round trip: grab,
+  JPEG, POST, detect, classify, draw);
 - load: --clients threads posting the photo back to back for --load-seconds (the default model,
   its own TTA): requests/s, p50/p95, the errors (any answer but 200, or no answer) and the
   server's resident memory (VmRSS of /proc/<pid>/status) before and after.
@@ -203,20 +204,23 @@ def webcam_frames(page, model: str, tta: str, warmup: int, seconds: float) -> li
 
 
 def webcam_rates(
-    base: str, pairs: list[tuple[str, str]], warmup: int, seconds: float, clip: Path
-) -> dict[tuple[str, str], list[list[float]]]:
-    """The answered frames of every (model, tta) pair in the page's webcam mode."""
+    base: str, pairs: list[tuple[str, str]], warmup: int, seconds: float, rounds: int, clip: Path
+) -> dict[tuple[str, str], list[list[list[float]]]]:
+    """The answered frames of every (model, tta) pair in the page's webcam mode: ``rounds``
+    blocks of ``seconds / rounds`` each, the pairs interleaved in every round."""
     from playwright.sync_api import sync_playwright
 
-    frames = {}
+    frames: dict[tuple[str, str], list[list[list[float]]]] = {pair: [] for pair in pairs}
     with sync_playwright() as playwright:
         browser = chromium_with_webcam(playwright, clip)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(base)
         page.wait_for_selector("body[data-ready=true]")
         page.evaluate(RECORD_FRAMES)
-        for model, tta in pairs:
-            frames[model, tta] = webcam_frames(page, model, tta, warmup, seconds)
+        for _ in range(rounds):
+            for model, tta in pairs:
+                block = webcam_frames(page, model, tta, warmup, seconds / rounds)
+                frames[model, tta].append(block)
         browser.close()
     return frames
 
@@ -284,7 +288,8 @@ def main() -> None:
         help="models of the webcam table (none: no browser)",
     )
     parser.add_argument("--webcam-warmup", type=int, default=3, help="webcam frames not timed")
-    parser.add_argument("--webcam-seconds", type=float, default=5.0)
+    parser.add_argument("--webcam-seconds", type=float, default=6.0, help="per row, in all")
+    parser.add_argument("--webcam-rounds", type=int, default=2, help="interleaved blocks a row")
     parser.add_argument(
         "--clients", type=int, default=4, help="concurrent clients of the load test"
     )
@@ -317,6 +322,7 @@ def main() -> None:
             webcam_pairs,
             args.webcam_warmup,
             args.webcam_seconds,
+            args.webcam_rounds,
             write_webcam_clip(Path(tmp) / "moving_face.y4m"),
         )
         before_mb = rss_mb(pid)
@@ -341,21 +347,23 @@ def main() -> None:
     if webcam_pairs:
         print(
             f"\nwebcam in headless Chromium: {FRAME_SIZE[0]}x{FRAME_SIZE[1]} fake camera, "
-            f"{args.webcam_seconds:g} s per row after {args.webcam_warmup} frames; "
+            f"{args.webcam_seconds:g} s per row in {args.webcam_rounds} blocks, the rows "
+            f"interleaved, each block after {args.webcam_warmup} frames; "
             "frame time: from one answered frame to the next; the page's webcam starts with "
             f"{listing['default']}, tta {listing['live_tta']}\n"
         )
         print("| model | TTA | frames/s | frame p50 ms | frame p95 ms | frames with a face |")
         print("|---|---|---:|---:|---:|---:|")
         for model, tta in webcam_pairs:
-            times = np.array([frame[0] for frame in frames[model, tta]])
-            faced = sum(frame[1] > 0 for frame in frames[model, tta])
-            gaps = np.diff(times) / 1000
-            rate = len(gaps) / (times[-1] - times[0]) * 1000 if len(gaps) else 0.0
+            blocks = [np.array(block).reshape(-1, 2) for block in frames[model, tta]]
+            answered = sum(len(block) for block in blocks)
+            faced = sum(int((block[:, 1] > 0).sum()) for block in blocks)
+            gaps = np.concatenate([np.diff(block[:, 0]) for block in blocks]) / 1000
+            rate = len(gaps) / gaps.sum() if len(gaps) else 0.0
             p50, p95 = (percentile_ms(gaps, q) for q in (50, 95)) if len(gaps) else (0.0, 0.0)
             print(
                 f"| {model} | {tta_label(own, model, tta)} | {rate:.1f} | {p50:.1f} | "
-                f"{p95:.1f} | {faced}/{len(times)} |"
+                f"{p95:.1f} | {faced}/{answered} |"
             )
 
     print(

@@ -271,6 +271,7 @@ def test_bench_serve_times_photos_the_webcam_and_a_load_test() -> None:
         "bench_serve.py",
         *("--default-model", model, "--models", model, "--warmup", "1", "--requests", "2"),
         *("--webcam-models", model, "--webcam-warmup", "1", "--webcam-seconds", "1"),
+        *("--webcam-rounds", "1"),
         *("--clients", "2", "--load-seconds", "1"),
     )
     photo, webcam, load = (table_rows(table) for table in out.split("\n\n")[1::2])
