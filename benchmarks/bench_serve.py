@@ -333,7 +333,7 @@ def main() -> None:
 
     print(f"`python {shlex.join(sys.argv)}`  ")
     print(
-        f"server: python -m fer_lightning.serve {shlex.join(server_overrides)}; "
+        f"server overrides: {shlex.join(server_overrides)}; "
         f"{args.requests} photo rounds after {args.warmup} warm-up rounds, "
         f"the (model, TTA) pairs interleaved; photo: 512x512 PNG, one face\n"
     )
