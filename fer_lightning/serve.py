@@ -62,6 +62,7 @@ class ServeSettings:
     models: list[str | list[str]]  # the first is the default
     detector: Callable[[], FaceDetector] | None = None  # None: the default detector
     tta: str | None = None
+    live_tta: str | None = "none"  # the page's webcam mode starts with it (None: the model's own)
     device: str = "cpu"
     threads: int | None = None
     workers: int = 1
@@ -74,6 +75,8 @@ class ServeSettings:
         check_whole_number("workers", self.workers, 1)
         check_whole_number("max_upload_bytes", self.max_upload_bytes, 1)
         check_whole_number("max_pixels", self.max_pixels, 1)
+        if self.live_tta is not None and self.live_tta not in TTA_MODES:
+            raise FERUserError(f"live_tta={self.live_tta!r} is not one of {', '.join(TTA_MODES)}")
         self.names = [model_name(model) for model in self.models]
 
 
@@ -247,8 +250,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/api/models")
     async def models() -> dict[str, Any]:
-        """The models on offer (the first is the default), their classes and TTA."""
-        return {"default": settings.names[0], "models": state["recognizers"].describe()}
+        """The models on offer (the first is the default), their classes and TTA, and the `tta`
+        option the page's webcam mode starts with."""
+        return {
+            "default": settings.names[0],
+            "live_tta": settings.live_tta or MODEL_TTA,
+            "models": state["recognizers"].describe(),
+        }
 
     @app.post(
         "/api/predict",
@@ -308,6 +316,7 @@ def settings_from_config(cfg: DictConfig) -> ServeSettings:
         models=models,
         detector=lambda: hydra.utils.instantiate(cfg.detector),
         tta=cfg.tta,
+        live_tta=cfg.live_tta,
         device=cfg.device,
         threads=cfg.threads,
         workers=cfg.workers,

@@ -256,6 +256,7 @@ def test_bad_uploads_each_get_their_error_and_the_server_stays_healthy(page, ser
 
 def test_the_webcam_boxes_follow_the_moving_face(page):
     page.click("#webcam-mode")
+    assert page.input_value("#tta") == "none"  # the server's live_tta, for fast frames
     page.wait_for_function("Number(document.body.dataset.frames || 0) >= 3", timeout=60_000)
     lefts = []
     deadline = time.monotonic() + 8
@@ -273,6 +274,7 @@ def test_the_webcam_boxes_follow_the_moving_face(page):
     assert centres.max() - centres.min() > 100  # the boxes moved with the face
     assert "frames/s" in page.text_content("#status")
     page.click("#photo-mode")
+    assert page.input_value("#tta") == "model"  # photos go back to the model's own TTA
 
 
 def test_screenshot_of_a_photo_with_two_faces(page, server, photos):

@@ -261,3 +261,30 @@ def test_bench_cpu_settings_times_each_setting_at_each_eval_batch_size() -> None
     assert [row[0] for row in rows] == ["eager", "channels last"]
     for row in rows:
         assert len(row) == 5 and all(number(cell) > 0 for cell in row[1:4])
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
+def test_bench_serve_times_photos_the_webcam_and_a_load_test() -> None:
+    pytest.importorskip("playwright.sync_api")
+    model = "pretrained:baseline"
+    out = run_benchmark(
+        "bench_serve.py",
+        *("--default-model", model, "--models", model, "--warmup", "1", "--requests", "2"),
+        *("--webcam-models", model, "--webcam-warmup", "1", "--webcam-seconds", "1"),
+        *("--webcam-rounds", "1"),
+        *("--clients", "2", "--load-seconds", "1"),
+    )
+    photo, webcam, load = (table_rows(table) for table in out.split("\n\n")[1::2])
+    # the model with its own TTA (flip) and with none
+    assert [row[:2] for row in photo] == [[model, "flip (own)"], [model, "none"]]
+    for _, _, p50, p95 in photo:
+        assert 0 < number(p50) <= number(p95)
+    assert [row[:2] for row in webcam] == [[model, "flip (own)"], [model, "none"]]
+    for _, _, rate, p50, p95, faced in webcam:
+        answered, frames = (int(count) for count in faced.split("/"))
+        assert frames >= 2 and answered == frames  # the face is found in every frame
+        assert number(rate) > 0 and 0 < number(p50) <= number(p95)
+    ((clients, requests, rate, p50, p95, errors, before, after),) = load
+    assert clients == "2" and number(requests) > 0 and errors == "0"
+    assert number(rate) > 0 and 0 < number(p50) <= number(p95)
+    assert number(before) > 100 and number(after) > 100  # MB of a server holding torch

@@ -18,6 +18,7 @@ from skimage import data as skimage_data
 
 from fer_lightning import EmotionRecognizer
 from fer_lightning.config import compose_config
+from fer_lightning.errors import FERUserError
 from fer_lightning.predict.task import predict
 from fer_lightning.serve import Recognizers, ServeSettings, create_app, settings_from_config
 from tests.conftest import png_header_claiming
@@ -80,6 +81,7 @@ def test_predict_answers_predicts_json_lines(client, photo_png, tmp_path):
 def test_models_are_listed_with_classes_and_tta_and_change_the_answers(client, photo_png):
     listing = client.get("/api/models").json()
     assert listing["default"] == MODELS[0]
+    assert listing["live_tta"] == "none"  # the page's webcam starts without TTA: fast frames
     assert [model["name"] for model in listing["models"]] == MODELS
     for model in listing["models"]:
         recognizer = EmotionRecognizer(model["name"])
@@ -223,6 +225,9 @@ def test_the_config_offers_the_command_line_model_first_then_the_shipped_ones(tm
         compose_config("serve", tmp_path, ["ckpt_path=pretrained:deep", "offer_pretrained=false"])
     )
     assert only.names == ["pretrained:deep"]
+    assert settings.live_tta == "none"
+    with pytest.raises(FERUserError, match="live_tta='fast' is not one of none, flip, tencrop"):
+        settings_from_config(compose_config("serve", tmp_path, ["live_tta=fast"]))
 
 
 def test_jpeg_frames_as_the_page_sends_them(client, photo_png):

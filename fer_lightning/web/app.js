@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], photo: null, webcam: null, frames: 0 };
+const state = { models: [], liveTta: "model", photo: null, webcam: null, frames: 0 };
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -13,6 +13,7 @@ function setStatus(text, isError = false) {
 async function loadModels() {
   const answer = await fetch("/api/models").then((response) => response.json());
   state.models = answer.models;
+  state.liveTta = answer.live_tta;
   for (const model of answer.models) {
     $("model").add(new Option(model.name, model.name, false, model.name === answer.default));
   }
@@ -25,6 +26,7 @@ function fillTta() {
     ...model.tta_options.map((mode) =>
       new Option(mode === "model" ? `model's own (${model.tta})` : mode, mode)),
   );
+  $("tta").value = state.webcam ? state.liveTta : "model";
 }
 
 // POST an image (a File for photos: multipart; a JPEG Blob for webcam frames: the raw body)
@@ -188,6 +190,8 @@ function setMode(webcam) {
   $("photo-mode").classList.toggle("active", !webcam);
   $("webcam-mode").classList.toggle("active", webcam);
   $("drop").hidden = webcam;
+  // the webcam starts with the server's live_tta (fast frames), photos with the model's own TTA
+  $("tta").value = webcam ? state.liveTta : "model";
   if (webcam) startWebcam();
   else {
     stopWebcam();
