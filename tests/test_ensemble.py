@@ -122,7 +122,7 @@ def test_an_empty_list_is_a_user_error():
 
 def test_tasks_without_ensembles_refuse_a_list_in_one_line(trained_checkpoint, tmp_path, train_cfg):
     listed = f"ckpt_path=[{trained_checkpoint},{THREE_CHANNEL_MEMBER}]"
-    message = r"got a list of checkpoints \(\[.*\]\); only evaluate\.py and predict take one"
+    message = r"got a list of checkpoints \(\[.*\]\); only evaluate and predict take one"
     with pytest.raises(FERUserError, match=message):
         export(compose_config("export", tmp_path, [listed]))
     for module in ("fer_lightning.export", "fer_lightning.explore"):
