@@ -116,6 +116,8 @@ def _evaluate_on_private_test(
         f"data.cache_dir={cache_dir}",
         f"hydra.run.dir={run_dir}",
         *overrides,
+        # ten crops of four nets over 3,589 faces take minutes on one xdist worker's thread
+        timeout=2400,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     return evaluated, json.loads((run_dir / "metrics.json").read_text())
